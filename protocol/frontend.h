@@ -1,0 +1,36 @@
+// Frontend messages the proxy inspects or writes itself: PasswordMessage,
+// SASLInitialResponse, SASLResponse (all type 'p'), Query, Terminate.
+// https://www.postgresql.org/docs/15/protocol-message-formats.html
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "protocol/buffer.h"
+
+namespace pghandoff::protocol {
+
+// PasswordMessage body: one C string (cleartext or "md5..." hash).
+[[nodiscard]] std::optional<std::string_view> decodePasswordBody(Bytes body);
+void encodePassword(std::string_view password, std::vector<std::uint8_t>& out);
+
+struct SaslInitialResponse {
+  std::string_view mechanism;
+  std::optional<Bytes> data;  // absent when the length is -1
+};
+[[nodiscard]] std::optional<SaslInitialResponse> decodeSaslInitialBody(Bytes body);
+void encodeSaslInitial(std::string_view mechanism, std::string_view data,
+                       std::vector<std::uint8_t>& out);
+void encodeSaslResponse(std::string_view data, std::vector<std::uint8_t>& out);
+
+// Query body: the SQL text. An embedded NUL or a missing terminator is an
+// error (B37).
+[[nodiscard]] std::optional<std::string_view> decodeQueryBody(Bytes body);
+void encodeQuery(std::string_view sql, std::vector<std::uint8_t>& out);
+
+void encodeTerminate(std::vector<std::uint8_t>& out);
+
+}  // namespace pghandoff::protocol
