@@ -1,0 +1,21 @@
+// The Asio vocabulary used across proxy/: coroutines, errors as values.
+#pragma once
+
+#include <boost/asio.hpp>
+#include <boost/asio/experimental/awaitable_operators.hpp>
+#include <boost/asio/ssl.hpp>
+
+namespace pghandoff::proxy {
+
+namespace asio = boost::asio;
+namespace ssl = boost::asio::ssl;
+using tcp = boost::asio::ip::tcp;
+using boost::system::error_code;
+
+template <typename T = void>
+using awaitable = asio::awaitable<T>;
+
+// Errors as values: `auto [ec, n] = co_await sock.async_read_some(buf, kUseAwaitable);`
+inline constexpr auto kUseAwaitable = asio::as_tuple(asio::use_awaitable);
+
+}  // namespace pghandoff::proxy

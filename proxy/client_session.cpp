@@ -1,0 +1,717 @@
+#include "proxy/client_session.h"
+
+#include <openssl/rand.h>
+#include <spdlog/spdlog.h>
+
+#include <variant>
+
+#include "protocol/frame.h"
+#include "protocol/frontend.h"
+#include "protocol/md5auth.h"
+#include "protocol/scram.h"
+#include "proxy/logging.h"
+#include "proxy/metrics.h"
+
+namespace pghandoff::proxy {
+
+namespace sqlstate = protocol::sqlstate;
+using labels::RejectReason;
+using labels::Side;
+
+namespace {
+
+// PostgreSQL truncates user and database names to NAMEDATALEN - 1 (B12).
+constexpr std::size_t kMaxNameLength = 63;
+
+std::string truncateName(std::string s) {
+  if (s.size() > kMaxNameLength) s.resize(kMaxNameLength);
+  return s;
+}
+
+bool isTrueish(const std::string& v) {
+  return v == "true" || v == "on" || v == "yes" || v == "1" || v == "database";
+}
+
+}  // namespace
+
+ClientSession::ClientSession(tcp::socket socket, std::shared_ptr<const Runtime> rt,
+                             Registry& registry, bool admitted, std::uint64_t id)
+    : rt_(std::move(rt)),
+      registry_(registry),
+      id_(id),
+      admitted_(admitted),
+      ex_(socket.get_executor()),
+      client_(std::move(socket), rt_->clientTls ? *rt_->clientTls->context : *rt_->plain) {
+  error_code ec;
+  auto ep = client_.socket().remote_endpoint(ec);
+  if (!ec) clientAddress_ = ep.address().to_string() + ":" + std::to_string(ep.port());
+  client_.socket().set_option(tcp::no_delay(true), ec);
+  metrics().clientConnectionsTotal().inc();
+  metrics().clientConnections().inc();
+}
+
+ClientSession::~ClientSession() {
+  metrics().clientConnections().dec();
+  if (admitted_) registry_.release();
+}
+
+ClientSession::Info ClientSession::info() const {
+  return Info{id_,
+              toString(static_cast<SessionState>(publicState_.load(std::memory_order_relaxed))),
+              machine_.transactionStatus(),
+              user_,
+              applicationName_,
+              clientAddress_,
+              client_.isTls()};
+}
+
+awaitable<void> ClientSession::run() {
+  auto self = shared_from_this();
+  registry_.add(self);
+  co_await runInner();
+  closing_ = true;
+  client_.close();
+  if (server_) {
+    server_->stream().close();
+    metrics().serverConnections(Side::kSource).dec();
+  }
+  machine_.closed();
+  publicState_.store(static_cast<int>(SessionState::kClosed), std::memory_order_relaxed);
+  registry_.remove(this, proxyKey_);
+  spdlog::debug("session {}: closed", id_);
+}
+
+awaitable<void> ClientSession::runInner() {
+  // Startup and authentication are bounded by limits.startup_timeout: a
+  // watchdog closes the socket, so a slowloris client (B5, B6) cannot hold a
+  // connection slot.
+  auto expired = std::make_shared<bool>(false);
+  auto done = std::make_shared<bool>(false);
+  asio::steady_timer watchdog(ex_);
+  watchdog.expires_after(rt_->cfg.limits.startupTimeout);
+  auto self = shared_from_this();
+  watchdog.async_wait([self, expired, done](error_code ec) {
+    if (!ec && !*done) {
+      *expired = true;
+      self->client_.close();
+    }
+  });
+  bool ok = co_await startupPhase();
+  *done = true;
+  watchdog.cancel();
+  if (*expired) {
+    metrics().clientConnectionsRejectedTotal(RejectReason::kStartupTimeout).inc();
+    spdlog::info("session {}: startup timed out after {} ms ({})", id_,
+                 rt_->cfg.limits.startupTimeout.count(), clientAddress_);
+    co_return;
+  }
+  if (!ok) co_return;
+
+  publicState_.store(static_cast<int>(SessionState::kIdle), std::memory_order_relaxed);
+  // The relay: one coroutine per direction; whichever ends first closes the
+  // sockets so that the other ends too.
+  using namespace asio::experimental::awaitable_operators;
+  co_await (clientToServer() && serverToClient());
+}
+
+// ---------------------------------------------------------------------------
+// Startup
+
+awaitable<std::optional<protocol::Bytes>> ClientSession::readStartupPacket() {
+  while (true) {
+    auto h = protocol::parseStartupHeader(cbuf_.pending());
+    if (h.status == protocol::FrameStatus::kOk && cbuf_.pendingSize() >= h.length) {
+      co_return cbuf_.pending().subspan(0, h.length);
+    }
+    if (h.status == protocol::FrameStatus::kBadLength ||
+        h.status == protocol::FrameStatus::kTooLarge) {
+      // B3/B4: PostgreSQL closes without a reply; so do we, before
+      // allocating anything for the claimed length.
+      metrics().clientConnectionsRejectedTotal(RejectReason::kProtocol).inc();
+      spdlog::info("session {}: invalid length of startup packet ({})", id_, clientAddress_);
+      co_return std::nullopt;
+    }
+    auto [ec, n] = co_await client_.readSome(cbuf_.freeSpace());
+    if (ec) {
+      if (cbuf_.pendingSize() > 0) {
+        metrics().clientConnectionsRejectedTotal(RejectReason::kProtocol).inc();
+        spdlog::info("session {}: incomplete startup packet ({})", id_, clientAddress_);
+      } else {
+        spdlog::debug("session {}: closed before startup ({})", id_, clientAddress_);
+      }
+      co_return std::nullopt;
+    }
+    cbuf_.commit(n);
+  }
+}
+
+awaitable<bool> ClientSession::startupPhase() {
+  bool sslDone = false, gssDone = false;
+  protocol::StartupMessage startup;
+  while (true) {
+    auto packet = co_await readStartupPacket();
+    if (!packet) co_return false;
+    protocol::Reader r(*packet);
+    (void)r.int32();
+    std::int32_t code = r.int32();
+    std::size_t packetSize = packet->size();
+
+    if (code == protocol::kCancelRequestCode) {
+      co_await handleCancel(*packet);
+      co_return false;
+    }
+    if (code == protocol::kSslRequestCode || code == protocol::kGssEncRequestCode) {
+      bool ssl = code == protocol::kSslRequestCode;
+      if ((ssl && (sslDone || client_.isTls())) || (!ssl && gssDone)) {
+        co_await fatal(sqlstate::kProtocolViolation, "duplicate encryption request");  // B16
+        co_return false;
+      }
+      // Data after the request but before our answer would be read as if it
+      // came through the encrypted channel (CVE-2021-23214, B15/B17).
+      if (cbuf_.pendingSize() > packetSize) {
+        metrics().clientConnectionsRejectedTotal(RejectReason::kProtocol).inc();
+        co_await fatal(sqlstate::kProtocolViolation,
+                       ssl ? "received unencrypted data after SSL request"
+                           : "received unencrypted data after GSSAPI encryption request");
+        co_return false;
+      }
+      cbuf_.consume(packetSize);
+      bool accept = ssl && rt_->clientTls.has_value();
+      std::uint8_t answer = accept ? 'S' : 'N';
+      if (auto [ec, n] = co_await client_.writeAll(asio::buffer(&answer, 1)); ec) co_return false;
+      if (ssl) sslDone = true;
+      else gssDone = true;
+      if (accept) {
+        auto [hec] = co_await client_.tls().async_handshake(ssl::stream_base::server, kUseAwaitable);
+        if (hec) {
+          metrics().clientConnectionsRejectedTotal(RejectReason::kTls).inc();
+          spdlog::info("session {}: TLS handshake failed ({}): {}", id_, clientAddress_,
+                       hec.message());
+          co_return false;
+        }
+        client_.setTls();
+      }
+      continue;
+    }
+    if ((code >> 16) != 3) {
+      metrics().clientConnectionsRejectedTotal(RejectReason::kProtocol).inc();
+      co_await fatal(sqlstate::kFeatureNotSupported,
+                     "unsupported frontend protocol " + std::to_string(code >> 16) + "." +
+                         std::to_string(code & 0xffff) + ": server supports 3.0 to 3.0");  // B7
+      co_return false;
+    }
+    protocol::StartupError err{};
+    auto decoded = protocol::decodeStartup(*packet, &err);
+    cbuf_.consume(packetSize);
+    if (!decoded) {
+      metrics().clientConnectionsRejectedTotal(RejectReason::kProtocol).inc();
+      co_await fatal(sqlstate::kProtocolViolation, "invalid startup packet layout");  // B9, B10
+      co_return false;
+    }
+    startup = std::move(*decoded);
+    break;
+  }
+
+  // Protocol 3.x with x > 0 and _pq_ options: answer NegotiateProtocolVersion
+  // and go on with 3.0, as PostgreSQL and PgBouncer do (B8).
+  std::vector<std::string> unrecognised;
+  for (const auto& [k, v] : startup.parameters) {
+    if (k.rfind("_pq_.", 0) == 0) {
+      unrecognised.push_back(k);
+    } else if (k == "user") {
+      user_ = truncateName(v);
+    } else if (k == "database") {
+      database_ = truncateName(v);
+    } else if (k == "replication") {
+      if (isTrueish(v)) {
+        co_await fatal(sqlstate::kFeatureNotSupported,
+                       "pghandoff does not support replication connections");  // B13
+        co_return false;
+      }
+    } else {
+      if (k == "application_name") applicationName_ = sanitizeForLog(v, 64);
+      // Passed on to the server only after authentication (B14).
+      passOn_.emplace_back(k, v);
+    }
+  }
+  if ((startup.protocol & 0xffff) != 0 || !unrecognised.empty()) {
+    std::vector<std::uint8_t> out;
+    protocol::encodeNegotiateProtocolVersion(protocol::kProtocol30, unrecognised, out);
+    if (!co_await writeClient(out)) co_return false;
+  }
+  if (user_.empty()) {
+    co_await fatal(sqlstate::kInvalidAuthSpec,
+                   "no PostgreSQL user name specified in startup packet");  // B11
+    co_return false;
+  }
+  if (database_.empty()) database_ = user_;
+
+  if (rt_->cfg.clientTls.mode == config::TlsMode::kRequire && !client_.isTls()) {
+    metrics().clientConnectionsRejectedTotal(RejectReason::kTls).inc();
+    co_await fatal(sqlstate::kInvalidAuthSpec,
+                   "pghandoff requires SSL for user \"" + sanitizeForLog(user_, 63) +
+                       "\" (client_tls.mode is require), no encryption");  // B23
+    co_return false;
+  }
+  if (!admitted_) {
+    metrics().clientConnectionsRejectedTotal(RejectReason::kTooMany).inc();
+    co_await fatal(sqlstate::kTooManyConnections, "sorry, too many clients already");
+    co_return false;
+  }
+
+  machine_.startAuthentication();
+  publicState_.store(static_cast<int>(SessionState::kAuthenticating), std::memory_order_relaxed);
+  if (!co_await authenticate()) co_return false;
+
+  if (database_ != rt_->source.dbname) {
+    co_await fatal(sqlstate::kInvalidCatalogName,
+                   "database \"" + sanitizeForLog(database_, 63) + "\" does not exist",
+                   "pghandoff serves the database \"" + rt_->source.dbname + "\"");
+    co_return false;
+  }
+
+  machine_.startConnecting();
+  publicState_.store(static_cast<int>(SessionState::kConnecting), std::memory_order_relaxed);
+  co_return co_await connectSource();
+}
+
+awaitable<void> ClientSession::handleCancel(protocol::Bytes packet) {
+  auto req = protocol::decodeCancel(packet);
+  if (!req) {
+    spdlog::debug("session {}: malformed CancelRequest", id_);  // B21: no reply
+    co_return;
+  }
+  auto target = registry_.findByCancelKey({req->pid, req->key});
+  if (!target) {
+    // No reply and no difference in timing worth an oracle (B22).
+    metrics().cancelRequestsTotal(labels::CancelResult::kUnknown).inc();
+    co_return;
+  }
+  metrics().cancelRequestsTotal(labels::CancelResult::kForwarded).inc();
+  spdlog::debug("session {}: forwarding cancel to session {}", id_, target->id_);
+  (void)co_await sendCancel(ex_, target->serverEndpoint(), target->serverKey());
+}
+
+// ---------------------------------------------------------------------------
+// Authentication of the client by the proxy (auth.users).
+
+awaitable<std::optional<std::vector<std::uint8_t>>> ClientSession::readAuthMessage() {
+  while (true) {
+    auto h = protocol::parseFrontendHeader(cbuf_.pending(), protocol::kAuthLimit);
+    if (h.status == protocol::FrameStatus::kOk) {
+      if (h.type != 'p') {
+        co_await fatal(sqlstate::kProtocolViolation,
+                       "expected password response, got message type " +
+                           std::to_string(static_cast<int>(h.type)));  // B24
+        co_return std::nullopt;
+      }
+      if (cbuf_.pendingSize() >= h.total()) {
+        auto body = cbuf_.pending().subspan(5, h.bodySize());
+        std::vector<std::uint8_t> out(body.begin(), body.end());
+        cbuf_.consume(h.total());
+        co_return out;
+      }
+    } else if (h.status != protocol::FrameStatus::kNeedMore) {
+      co_await fatal(sqlstate::kProtocolViolation,
+                     h.status == protocol::FrameStatus::kBadType
+                         ? "expected password response, got message type " +
+                               std::to_string(static_cast<int>(h.type))
+                         : std::string("invalid password packet size"));  // B25
+      co_return std::nullopt;
+    }
+    auto [ec, n] = co_await client_.readSome(cbuf_.freeSpace());
+    // psql disconnects here to prompt for a password: not an error.
+    if (ec) co_return std::nullopt;
+    cbuf_.commit(n);
+  }
+}
+
+awaitable<bool> ClientSession::authenticate() {
+  const UserSecret* secret = nullptr;
+  if (auto it = rt_->users.find(user_); it != rt_->users.end()) secret = &it->second;
+  std::vector<std::uint8_t> out;
+  switch (rt_->cfg.auth.method) {
+    case config::AuthMethod::kTrust:
+      if (secret == nullptr && !rt_->users.empty()) {
+        co_await fatal(sqlstate::kInvalidAuthSpec,
+                       "role \"" + sanitizeForLog(user_, 63) + "\" does not exist");
+        co_return false;
+      }
+      break;
+    case config::AuthMethod::kMd5:
+      // As in PostgreSQL: a user whose secret is a SCRAM verifier logs in
+      // with SCRAM even where md5 is configured.
+      if (secret != nullptr && secret->md5.empty()) {
+        if (!co_await authenticateScram(user_, secret)) co_return false;
+      } else if (!co_await authenticateMd5(user_, secret)) {
+        co_return false;
+      }
+      break;
+    case config::AuthMethod::kScramSha256:
+      if (!co_await authenticateScram(user_, secret)) co_return false;
+      break;
+  }
+  protocol::encodeAuthOk(out);
+  co_return co_await writeClient(out);
+}
+
+awaitable<bool> ClientSession::authenticateScram(const std::string& user,
+                                                 const UserSecret* secret) {
+  // Unknown users (and users without a SCRAM secret) walk a mock exchange
+  // and fail at the end with the same message as a wrong password (B26).
+  bool mock = secret == nullptr || !secret->scram;
+  protocol::ScramVerifier verifier =
+      mock ? protocol::mockScramVerifier(user, rt_->mockSecret) : *secret->scram;
+  std::vector<std::uint8_t> cbind;
+  if (client_.isTls() && rt_->clientTls) cbind = rt_->clientTls->endPoint;
+  protocol::ScramServer server(user, std::move(verifier), mock, std::move(cbind));
+  std::vector<std::uint8_t> out;
+  protocol::encodeAuthSasl(server.mechanisms(), out);
+  if (!co_await writeClient(out)) co_return false;
+
+  auto authFailed = [this](const protocol::AuthFailure& f) -> awaitable<bool> {
+    metrics().clientConnectionsRejectedTotal(RejectReason::kAuthFailed).inc();
+    spdlog::info("session {}: authentication failed for user \"{}\" ({}): {}", id_,
+                 sanitizeForLog(user_, 63), clientAddress_, f.message);
+    co_await fatal(f.sqlstate, f.message);
+    co_return false;
+  };
+
+  auto first = co_await readAuthMessage();
+  if (!first) co_return false;
+  auto initial = protocol::decodeSaslInitialBody(*first);
+  if (!initial || !initial->data) {
+    co_return co_await authFailed({sqlstate::kProtocolViolation, "malformed SCRAM message"});
+  }
+  auto serverFirst =
+      server.clientFirst(initial->mechanism, protocol::asString(*initial->data));
+  if (auto* f = std::get_if<protocol::AuthFailure>(&serverFirst)) co_return co_await authFailed(*f);
+  out.clear();
+  protocol::encodeAuthSaslContinue(std::get<std::string>(serverFirst), out);
+  if (!co_await writeClient(out)) co_return false;
+
+  auto final = co_await readAuthMessage();
+  if (!final) co_return false;
+  auto serverFinal = server.clientFinal(protocol::asString(*final));
+  if (auto* f = std::get_if<protocol::AuthFailure>(&serverFinal)) co_return co_await authFailed(*f);
+  out.clear();
+  protocol::encodeAuthSaslFinal(std::get<std::string>(serverFinal), out);
+  co_return co_await writeClient(out);
+}
+
+awaitable<bool> ClientSession::authenticateMd5(const std::string& user, const UserSecret* secret) {
+  std::array<std::uint8_t, 4> salt{};
+  RAND_bytes(salt.data(), 4);
+  std::vector<std::uint8_t> out;
+  protocol::encodeAuthMd5(salt.data(), out);
+  if (!co_await writeClient(out)) co_return false;
+  auto msg = co_await readAuthMessage();
+  if (!msg) co_return false;
+  auto response = protocol::decodePasswordBody(*msg);
+  // An unknown user is checked against a hash no password matches, so the
+  // work and the answer are the same as for a wrong password (B26).
+  std::string stored = secret != nullptr ? secret->md5 : protocol::md5StoredHash("\x01", user);
+  bool ok = response && protocol::md5Verify(stored, salt, *response) && secret != nullptr;
+  if (!ok) {
+    metrics().clientConnectionsRejectedTotal(RejectReason::kAuthFailed).inc();
+    spdlog::info("session {}: md5 authentication failed for user \"{}\" ({})", id_,
+                 sanitizeForLog(user_, 63), clientAddress_);
+    co_await fatal(sqlstate::kInvalidPassword,
+                   "password authentication failed for user \"" + user + "\"");
+    co_return false;
+  }
+  co_return true;
+}
+
+// ---------------------------------------------------------------------------
+// Login to the source
+
+awaitable<bool> ClientSession::connectSource() {
+  server_.emplace(ex_, rt_->sourceTls);
+  auto timeout = rt_->source.connectTimeout.count() > 0 ? rt_->source.connectTimeout
+                                                        : std::chrono::milliseconds(10000);
+  LoginResult login = co_await server_->login(rt_->source, passOn_, timeout);
+  if (!login.ok) {
+    spdlog::warn("session {}: login to the source failed: {} ({})", id_, login.error.message,
+                 login.error.code);
+    server_.reset();
+    co_await sendError(login.error);
+    co_return false;
+  }
+  metrics().serverConnections(Side::kSource).inc();
+  serverKey_ = login.key;
+  serverEndpoint_ = login.endpoint;
+  // The client gets its own cancel key: the server's never leaves the proxy,
+  // so a cancel always goes through the registry to the right session.
+  proxyKey_ = registry_.newCancelKey(shared_from_this());
+  std::vector<std::uint8_t> out = std::move(login.replay);
+  protocol::encodeBackendKey(*proxyKey_, out);
+  protocol::encodeReadyForQuery(login.txStatus, out);
+  machine_.ready(login.txStatus);
+  spdlog::debug("session {}: ready (user \"{}\", application \"{}\")", id_,
+                sanitizeForLog(user_, 63), applicationName_);
+  co_return co_await writeClient(out);
+}
+
+// ---------------------------------------------------------------------------
+// Relay
+
+void ClientSession::onClientFrameForMetrics(char type) {
+  if (type == 'Q' || type == 'S' || type == 'F') {
+    if (sentCount_ < sent_.size()) {
+      sent_[(sentHead_ + sentCount_) % sent_.size()] = std::chrono::steady_clock::now();
+    }
+    ++sentCount_;
+  }
+}
+
+void ClientSession::onReadyForMetrics() {
+  if (sentCount_ == 0) return;
+  // More than 64 pipelined requests: the extra ones are not timed.
+  if (sentCount_ <= sent_.size()) {
+    metrics()
+        .queryDurationSeconds(Side::kSource)
+        .observe(std::chrono::steady_clock::now() - sent_[sentHead_]);
+  }
+  sentHead_ = (sentHead_ + 1) % sent_.size();
+  --sentCount_;
+}
+
+awaitable<void> ClientSession::clientToServer() {
+  const auto maxLen = static_cast<std::uint32_t>(rt_->cfg.limits.maxMessageBytes);
+  Stream& server = server_->stream();
+  while (true) {
+    bool terminate = false;
+    auto res = cbuf_.scan(
+        [maxLen](protocol::Bytes b) { return protocol::parseFrontendHeader(b, maxLen); },
+        [](char) { return false; },
+        [this, &terminate](const protocol::FrameHeader& h, protocol::Bytes, bool) {
+          onClientFrameForMetrics(h.type);
+          if (machine_.onClientFrame(h.type) == ClientVerdict::kForwardThenClose) {
+            terminate = true;
+            return false;
+          }
+          return true;
+        });
+    publicState_.store(static_cast<int>(machine_.state()), std::memory_order_relaxed);
+    if (res.status == RelayBuffer::ScanStatus::kError) {
+      // B33-B36: the stream cannot be trusted any more.
+      metrics().clientConnectionsRejectedTotal(RejectReason::kProtocol).inc();
+      std::string msg = res.header.status == protocol::FrameStatus::kBadType
+                            ? "invalid frontend message type " +
+                                  std::to_string(static_cast<unsigned char>(res.header.type))
+                        : res.header.status == protocol::FrameStatus::kTooLarge
+                            ? "message of " + std::to_string(res.header.length) +
+                                  " bytes exceeds limits.max_message_bytes"
+                            : std::string("invalid message length");
+      spdlog::info("session {}: {} ({})", id_, msg, clientAddress_);
+      pendingFatal_ = protocol::ErrorFields{"FATAL", sqlstate::kProtocolViolation, msg, "", ""};
+      // Forward what was whole before the bad frame, then end the session.
+      if (cbuf_.hasReady()) {
+        serverWriting_ = true;
+        co_await server.writeAll(cbuf_.ready());
+        serverWriting_ = false;
+        cbuf_.consumeReady();
+      }
+      co_await closeServerGracefully(machine_.serverBusy());
+      co_return;
+    }
+    if (cbuf_.hasReady()) {
+      auto bytes = cbuf_.ready().size();
+      serverWriting_ = true;
+      auto [ec, n] = co_await server.writeAll(cbuf_.ready());
+      serverWriting_ = false;
+      if (ec) {
+        // The server is gone; serverToClient tells the client.
+        co_return;
+      }
+      metrics().bytesTotal(labels::Direction::kClientToServer).inc(bytes);
+      cbuf_.consumeReady();
+    }
+    if (terminate) {
+      // The server closes its side after Terminate; serverToClient sees EOF.
+      terminateSent_ = true;
+      closing_ = true;
+      co_return;
+    }
+    if (closing_) co_return;
+    auto [ec, n] = co_await client_.readSome(cbuf_.freeSpace());
+    if (ec) {
+      if (closing_) co_return;
+      // The client vanished (F10): cancel its query, roll back its
+      // transaction by ending the server session.
+      spdlog::debug("session {}: client disconnected ({})", id_,
+                    ec == asio::error::eof ? "eof" : ec.message());
+      closing_ = true;
+      co_await closeServerGracefully(machine_.serverBusy());
+      co_return;
+    }
+    cbuf_.commit(n);
+  }
+}
+
+awaitable<void> ClientSession::closeServerGracefully(bool cancelFirst) {
+  closing_ = true;
+  if (!server_) co_return;
+  if (cancelFirst) {
+    spdlog::debug("session {}: cancelling the running query on the source", id_);
+    (void)co_await sendCancel(ex_, serverEndpoint_, serverKey_);
+  }
+  if (!serverWriting_ && !cbuf_.midMessage()) {
+    std::vector<std::uint8_t> out;
+    protocol::encodeTerminate(out);
+    serverWriting_ = true;
+    co_await server_->stream().writeAll(asio::buffer(out));
+    serverWriting_ = false;
+  }
+  server_->stream().close();
+}
+
+awaitable<void> ClientSession::serverToClient() {
+  const auto maxLen = static_cast<std::uint32_t>(rt_->cfg.limits.maxMessageBytes);
+  Stream& server = server_->stream();
+  while (true) {
+    bool outOfSync = false;
+    auto res = sbuf_.scan(
+        [maxLen](protocol::Bytes b) { return protocol::parseBackendHeader(b, maxLen); },
+        [](char t) { return SessionMachine::serverBodyNeeded(t); },
+        [this, &outOfSync](const protocol::FrameHeader& h, protocol::Bytes body, bool) {
+          if (machine_.onServerFrame(h.type, body) == ServerVerdict::kOutOfSync) {
+            outOfSync = true;
+            return false;
+          }
+          if (h.type == 'Z') onReadyForMetrics();
+          if (h.type == 'E') {
+            if (auto e = protocol::decodeErrorBody(body)) {
+              metrics().clientErrorsTotal(sqlStateLabel(e->code)).inc();
+              if (e->severity == "FATAL" || e->severity == "PANIC") serverSentFatal_ = true;
+            }
+          }
+          return true;
+        });
+    publicState_.store(static_cast<int>(machine_.state()), std::memory_order_relaxed);
+    if (res.status == RelayBuffer::ScanStatus::kError || outOfSync) {
+      // B50: the server's stream cannot be trusted; forward nothing more.
+      spdlog::error("session {}: lost synchronization with the source ({})", id_,
+                    outOfSync ? "unexpected ReadyForQuery" : protocol::toString(res.header.status));
+      metrics().internalBugsTotal().inc();
+      co_await closeServerGracefully(false);
+      if (!sbuf_.midMessage()) {
+        co_await sendError({"FATAL", sqlstate::kProtocolViolation,
+                            "pghandoff lost synchronization with the source server", "", ""});
+      }
+      client_.close();
+      co_return;
+    }
+    if (sbuf_.hasReady()) {
+      auto bytes = sbuf_.ready().size();
+      clientWriting_ = true;
+      auto [ec, n] = co_await client_.writeAll(sbuf_.ready());
+      clientWriting_ = false;
+      if (ec) {
+        if (!closing_) {
+          closing_ = true;
+          co_await closeServerGracefully(machine_.serverBusy());
+        }
+        client_.close();
+        co_return;
+      }
+      metrics().bytesTotal(labels::Direction::kServerToClient).inc(bytes);
+      sbuf_.consumeReady();
+    }
+    if ((shutdownRequested_ && machine_.atTransactionBoundary() && !cbuf_.midMessage()) ||
+        forced_) {
+      // Graceful shutdown at a transaction boundary (or forced at the
+      // timeout): the client hears why, the server session ends cleanly.
+      co_await closeServerGracefully(forced_ && machine_.serverBusy());
+      if (!sbuf_.midMessage()) {
+        co_await sendError({"FATAL", sqlstate::kAdminShutdown,
+                            "terminating connection due to administrator command", "", ""});
+      }
+      client_.close();
+      co_return;
+    }
+    auto [ec, n] = co_await server.readSome(sbuf_.freeSpace());
+    if (ec) {
+      if (ec == asio::error::operation_aborted && (shutdownRequested_ || forced_) && !closing_) {
+        continue;  // woken up to look at the shutdown flags
+      }
+      if (!closing_ || pendingFatal_) {
+        closing_ = true;
+        if (!sbuf_.midMessage()) {
+          if (pendingFatal_) {
+            co_await sendError(*pendingFatal_);
+          } else if (serverSentFatal_) {
+            // The server said why it ended the session (e.g. 57P01 at its
+            // shutdown); that was relayed and is the client's last word.
+          } else {
+            spdlog::warn("session {}: the source closed the connection: {}", id_, ec.message());
+            co_await sendError({"FATAL", sqlstate::kConnectionFailure,
+                                "pghandoff lost the connection to the source server", "", ""});
+          }
+        }
+      }
+      client_.close();
+      co_return;
+    }
+    sbuf_.commit(n);
+  }
+}
+
+// ---------------------------------------------------------------------------
+// Shutdown
+
+void ClientSession::requestShutdown() {
+  asio::post(ex_, [self = shared_from_this()] {
+    self->shutdownRequested_ = true;
+    auto st = static_cast<SessionState>(self->publicState_.load(std::memory_order_relaxed));
+    if (st == SessionState::kStartup || st == SessionState::kAuthenticating ||
+        st == SessionState::kConnecting) {
+      self->client_.close();
+      return;
+    }
+    // Wake the relay if it is waiting on an idle server.
+    if (self->server_ && self->machine_.atTransactionBoundary() && !self->serverWriting_) {
+      error_code ignored;
+      self->server_->stream().socket().cancel(ignored);
+    }
+  });
+}
+
+void ClientSession::forceClose() {
+  asio::post(ex_, [self = shared_from_this()] {
+    self->forced_ = true;
+    self->shutdownRequested_ = true;
+    if (!self->server_) {
+      self->client_.close();
+      return;
+    }
+    error_code ignored;
+    self->server_->stream().socket().cancel(ignored);
+    // A client that does not read keeps serverToClient in a write: cut it.
+    if (self->clientWriting_) self->client_.close();
+  });
+}
+
+// ---------------------------------------------------------------------------
+// Writing to the client
+
+awaitable<bool> ClientSession::writeClient(const std::vector<std::uint8_t>& bytes) {
+  auto [ec, n] = co_await client_.writeAll(asio::buffer(bytes));
+  co_return !ec;
+}
+
+awaitable<void> ClientSession::sendError(const protocol::ErrorFields& e) {
+  metrics().clientErrorsTotal(sqlStateLabel(e.code)).inc();
+  std::vector<std::uint8_t> out;
+  protocol::encodeError(e, out);
+  clientWriting_ = true;
+  co_await client_.writeAll(asio::buffer(out));
+  clientWriting_ = false;
+}
+
+awaitable<void> ClientSession::fatal(const char* code, std::string message, std::string detail) {
+  co_await sendError({"FATAL", code, std::move(message), std::move(detail), ""});
+}
+
+}  // namespace pghandoff::proxy

@@ -1,0 +1,97 @@
+#include "proxy/runtime.h"
+
+#include <openssl/rand.h>
+
+#include <stdexcept>
+
+#include "protocol/md5auth.h"
+#include "proxy/client_session.h"
+
+namespace pghandoff::proxy {
+
+std::shared_ptr<const Runtime> buildRuntime(const config::Config& cfg,
+                                            std::vector<std::uint8_t> mockSecret) {
+  auto rt = std::make_shared<Runtime>();
+  rt->cfg = cfg;
+  auto parsed = config::parseConnInfo(cfg.sourceUrl);
+  if (!parsed.info) throw std::runtime_error("source.url: " + parsed.error);
+  rt->source = *parsed.info;
+  if (cfg.clientTls.mode != config::TlsMode::kDisable) {
+    rt->clientTls = makeServerTls(cfg.clientTls.cert, cfg.clientTls.key);
+  }
+  rt->sourceTls = makeUpstreamTls(rt->source);
+  rt->plain = makePlainContext();
+  for (std::size_t i = 0; i < cfg.auth.users.size(); ++i) {
+    const auto& u = cfg.auth.users[i];
+    UserSecret s;
+    const std::string& pw = u.password;
+    if (pw.rfind("SCRAM-SHA-256$", 0) == 0) {
+      s.scram = protocol::parseScramVerifier(pw);
+      if (!s.scram) {
+        throw std::runtime_error("auth.users[" + std::to_string(i) +
+                                 "].password: not a valid SCRAM-SHA-256 verifier");
+      }
+    } else if (pw.size() == 35 && pw.rfind("md5", 0) == 0) {
+      s.md5 = pw;
+    } else {
+      // Plaintext in the file (usually from ${VAR}): only derived verifiers
+      // are kept in memory.
+      s.scram = protocol::makeScramVerifier(pw);
+      if (!s.scram) throw std::runtime_error("could not derive a SCRAM verifier (RNG failure)");
+      s.md5 = protocol::md5StoredHash(pw, u.name);
+    }
+    rt->users.emplace(u.name, std::move(s));
+  }
+  rt->mockSecret = std::move(mockSecret);
+  return rt;
+}
+
+void Registry::add(const std::shared_ptr<ClientSession>& s) {
+  std::lock_guard lock(mu_);
+  sessions_.emplace(s.get(), s);
+}
+
+void Registry::remove(const ClientSession* s, std::optional<protocol::BackendKeyData> key) {
+  std::lock_guard lock(mu_);
+  sessions_.erase(s);
+  if (key) byKey_.erase(packKey(*key));
+}
+
+protocol::BackendKeyData Registry::newCancelKey(const std::shared_ptr<ClientSession>& s) {
+  std::lock_guard lock(mu_);
+  while (true) {
+    protocol::BackendKeyData k;
+    std::uint8_t raw[8];
+    RAND_bytes(raw, sizeof raw);
+    // A positive "pid" like a real backend's; the secret key is random.
+    k.pid = static_cast<std::int32_t>(((std::uint32_t(raw[0]) << 24) | (raw[1] << 16) |
+                                       (raw[2] << 8) | raw[3]) & 0x7fffffff);
+    k.key = static_cast<std::int32_t>((std::uint32_t(raw[4]) << 24) | (raw[5] << 16) |
+                                      (raw[6] << 8) | raw[7]);
+    if (k.pid == 0) continue;
+    if (byKey_.emplace(packKey(k), s).second) return k;
+  }
+}
+
+std::shared_ptr<ClientSession> Registry::findByCancelKey(protocol::BackendKeyData k) {
+  std::lock_guard lock(mu_);
+  auto it = byKey_.find(packKey(k));
+  return it == byKey_.end() ? nullptr : it->second.lock();
+}
+
+std::vector<std::shared_ptr<ClientSession>> Registry::all() {
+  std::lock_guard lock(mu_);
+  std::vector<std::shared_ptr<ClientSession>> out;
+  out.reserve(sessions_.size());
+  for (auto& [k, w] : sessions_) {
+    if (auto p = w.lock()) out.push_back(std::move(p));
+  }
+  return out;
+}
+
+std::size_t Registry::size() {
+  std::lock_guard lock(mu_);
+  return sessions_.size();
+}
+
+}  // namespace pghandoff::proxy

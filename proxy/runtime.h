@@ -1,0 +1,78 @@
+// What sessions share: an immutable snapshot of the configuration and what
+// was built from it (TLS contexts, user secrets), swapped whole on SIGHUP,
+// and the registry of live sessions (cancel keys, shutdown, /status).
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include "config/config.h"
+#include "config/conninfo.h"
+#include "protocol/backend.h"
+#include "protocol/scram.h"
+#include "proxy/tls.h"
+
+namespace pghandoff::proxy {
+
+struct UserSecret {
+  std::optional<protocol::ScramVerifier> scram;
+  std::string md5;  // "md5..." or empty when only a SCRAM verifier was configured
+};
+
+struct Runtime {
+  config::Config cfg;
+  config::ConnInfo source;
+  std::optional<ServerTls> clientTls;  // absent when client_tls.mode is disable
+  std::shared_ptr<ssl::context> sourceTls;
+  std::shared_ptr<ssl::context> plain;
+  std::map<std::string, UserSecret, std::less<>> users;
+  std::vector<std::uint8_t> mockSecret;  // per process: mock SCRAM salts for unknown users
+};
+
+// Builds a runtime from a validated config. Throws std::runtime_error with a
+// message naming the key for what only shows at this point (unreadable TLS
+// files, a bad SCRAM verifier string).
+[[nodiscard]] std::shared_ptr<const Runtime> buildRuntime(const config::Config& cfg,
+                                                          std::vector<std::uint8_t> mockSecret);
+
+class ClientSession;
+
+class Registry {
+ public:
+  // Admission: false when max_client_connections are already in use.
+  [[nodiscard]] bool admit(std::uint32_t max) {
+    std::uint32_t n = clients_.load(std::memory_order_relaxed);
+    while (n < max) {
+      if (clients_.compare_exchange_weak(n, n + 1, std::memory_order_relaxed)) return true;
+    }
+    return false;
+  }
+  void release() { clients_.fetch_sub(1, std::memory_order_relaxed); }
+  [[nodiscard]] std::uint32_t clients() const { return clients_.load(std::memory_order_relaxed); }
+
+  void add(const std::shared_ptr<ClientSession>& s);
+  void remove(const ClientSession* s, std::optional<protocol::BackendKeyData> key);
+  // A fresh random cancel key for a session, unique among live sessions.
+  [[nodiscard]] protocol::BackendKeyData newCancelKey(const std::shared_ptr<ClientSession>& s);
+  [[nodiscard]] std::shared_ptr<ClientSession> findByCancelKey(protocol::BackendKeyData k);
+  [[nodiscard]] std::vector<std::shared_ptr<ClientSession>> all();
+  [[nodiscard]] std::size_t size();
+
+ private:
+  static std::uint64_t packKey(protocol::BackendKeyData k) {
+    return (std::uint64_t(std::uint32_t(k.pid)) << 32) | std::uint32_t(k.key);
+  }
+  std::atomic<std::uint32_t> clients_{0};
+  std::mutex mu_;
+  std::unordered_map<const ClientSession*, std::weak_ptr<ClientSession>> sessions_;
+  std::unordered_map<std::uint64_t, std::weak_ptr<ClientSession>> byKey_;
+};
+
+}  // namespace pghandoff::proxy

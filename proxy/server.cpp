@@ -1,0 +1,239 @@
+#include "proxy/server.h"
+
+#include <openssl/rand.h>
+#include <spdlog/spdlog.h>
+
+#include <csignal>
+#include <sstream>
+
+#include "config/conninfo.h"
+#include "proxy/admin.h"
+#include "proxy/client_session.h"
+#include "proxy/logging.h"
+#include "proxy/metrics.h"
+
+namespace pghandoff::proxy {
+
+namespace {
+// Keeps the session alive for as long as its coroutine runs.
+awaitable<void> runSession(std::shared_ptr<ClientSession> session) { co_await session->run(); }
+
+tcp::endpoint resolveListen(asio::io_context& io, const config::Endpoint& ep) {
+  tcp::resolver resolver(io);
+  error_code ec;
+  auto results = resolver.resolve(ep.host, std::to_string(ep.port), tcp::resolver::passive, ec);
+  if (ec || results.empty()) {
+    throw std::runtime_error("listen: cannot resolve '" + config::toString(ep) + "'");
+  }
+  return results.begin()->endpoint();
+}
+}  // namespace
+
+ProxyServer::ProxyServer(config::Config cfg, std::string configPath)
+    : configPath_(std::move(configPath)),
+      acceptor_(mainIo_),
+      signals_(mainIo_, SIGTERM, SIGINT, SIGHUP),
+      shutdownTimer_(mainIo_) {
+  mockSecret_.resize(32);
+  RAND_bytes(mockSecret_.data(), static_cast<int>(mockSecret_.size()));
+  rt_ = buildRuntime(cfg, mockSecret_);
+
+  auto ep = resolveListen(mainIo_, cfg.listen);
+  acceptor_.open(ep.protocol());
+  acceptor_.set_option(asio::socket_base::reuse_address(true));
+  error_code ec;
+  acceptor_.bind(ep, ec);
+  if (ec) {
+    throw std::runtime_error("listen: cannot bind " + config::toString(cfg.listen) + ": " +
+                             ec.message());
+  }
+  acceptor_.listen(asio::socket_base::max_listen_connections);
+
+  if (cfg.admin.listen) {
+    AdminHooks hooks;
+    hooks.healthy = [this] { return accepting_.load(); };
+    hooks.statusJson = [this] { return statusJson(); };
+    hooks.phase = [] { return std::string("{\"phase\":\"source-only\"}"); };
+    admin_ = std::make_unique<AdminServer>(mainIo_, cfg.admin.listen->host, cfg.admin.listen->port,
+                                           cfg.admin.token, std::move(hooks));
+  }
+
+  unsigned n = cfg.threads != 0 ? cfg.threads : std::max(1u, std::thread::hardware_concurrency());
+  for (unsigned i = 0; i < n; ++i) {
+    workerIo_.push_back(std::make_unique<asio::io_context>(1));
+    guards_.push_back(asio::make_work_guard(*workerIo_.back()));
+  }
+  metrics().setCurrentPhase(labels::Phase::kSourceOnly);
+}
+
+ProxyServer::~ProxyServer() = default;
+
+std::shared_ptr<const Runtime> ProxyServer::runtime() {
+  std::lock_guard lock(rtMu_);
+  return rt_;
+}
+
+int ProxyServer::run() {
+  for (auto& io : workerIo_) {
+    threads_.emplace_back([&io] { io->run(); });
+  }
+  if (admin_) admin_->start();
+  accepting_ = true;
+  asio::co_spawn(mainIo_, acceptLoop(), asio::detached);
+  waitForSignals();
+  auto rt = runtime();
+  spdlog::info("pghandoff {} listening on {} (source {}), {} worker threads", PGHANDOFF_VERSION,
+               config::toString(rt->cfg.listen), config::describe(rt->source), workerIo_.size());
+  mainIo_.run();
+  for (auto& g : guards_) g.reset();
+  for (auto& io : workerIo_) io->stop();
+  for (auto& t : threads_) t.join();
+  spdlog::info("pghandoff stopped");
+  return 0;
+}
+
+awaitable<void> ProxyServer::acceptLoop() {
+  while (accepting_) {
+    auto& io = *workerIo_[nextWorker_++ % workerIo_.size()];
+    auto [ec, socket] = co_await acceptor_.async_accept(io, kUseAwaitable);
+    if (ec) {
+      if (!accepting_ || ec == asio::error::operation_aborted) break;
+      // EMFILE and friends: back off instead of spinning.
+      spdlog::warn("accept failed: {}", ec.message());
+      asio::steady_timer t(mainIo_, std::chrono::milliseconds(100));
+      co_await t.async_wait(kUseAwaitable);
+      continue;
+    }
+    auto rt = runtime();
+    bool admitted = registry_.admit(rt->cfg.limits.maxClientConnections);
+    auto session = std::make_shared<ClientSession>(std::move(socket), std::move(rt), registry_,
+                                                   admitted, nextSessionId_++);
+    // Not `detached`: an escaped exception is logged and counted, and only
+    // that session ends.
+    asio::co_spawn(io, runSession(std::move(session)), [](std::exception_ptr e) {
+      if (!e) return;
+      try {
+        std::rethrow_exception(e);
+      } catch (const std::exception& ex) {
+        metrics().internalBugsTotal().inc();
+        spdlog::error("session ended with an exception: {}", ex.what());
+      }
+    });
+  }
+}
+
+void ProxyServer::waitForSignals() {
+  signals_.async_wait([this](error_code ec, int sig) {
+    if (ec) return;
+    if (sig == SIGHUP) {
+      reload();
+    } else {
+      spdlog::info("received {}, shutting down", sig == SIGTERM ? "SIGTERM" : "SIGINT");
+      // A second SIGTERM/SIGINT during shutdown closes every session now.
+      beginShutdown(shuttingDown_);
+    }
+    waitForSignals();
+  });
+}
+
+void ProxyServer::beginShutdown(bool immediate) {
+  auto rt = runtime();
+  if (!shuttingDown_) {
+    shuttingDown_ = true;
+    accepting_ = false;
+    error_code ignored;
+    acceptor_.close(ignored);
+    for (auto& s : registry_.all()) s->requestShutdown();
+    shutdownTimer_.expires_after(rt->cfg.limits.shutdownTimeout);
+  }
+  if (immediate) shutdownTimer_.expires_after(std::chrono::milliseconds(0));
+  // Poll the registry until every session is gone or the timeout passes.
+  auto deadline = shutdownTimer_.expiry();
+  auto poll = std::make_shared<std::function<void()>>();
+  auto forcedAt = std::make_shared<std::optional<std::chrono::steady_clock::time_point>>();
+  *poll = [this, poll, deadline, forcedAt] {
+    auto now = std::chrono::steady_clock::now();
+    std::size_t left = registry_.size();
+    if (left == 0 || (forcedAt->has_value() && now - **forcedAt > std::chrono::seconds(3))) {
+      if (left > 0) spdlog::warn("{} sessions did not close in time", left);
+      if (admin_) admin_->stop();
+      signals_.cancel();
+      mainIo_.stop();
+      return;
+    }
+    if (now >= deadline && !forcedAt->has_value()) {
+      spdlog::warn("shutdown timeout: closing {} sessions", left);
+      for (auto& s : registry_.all()) s->forceClose();
+      *forcedAt = now;
+    }
+    auto t = std::make_shared<asio::steady_timer>(mainIo_, std::chrono::milliseconds(20));
+    t->async_wait([poll, t](error_code) { (*poll)(); });
+  };
+  asio::post(mainIo_, [poll] { (*poll)(); });
+}
+
+void ProxyServer::reload() {
+  spdlog::info("received SIGHUP, reloading {}", configPath_);
+  auto loaded = config::loadConfigFile(configPath_, config::processEnv());
+  if (!loaded.config) {
+    spdlog::error("reload failed, keeping the running configuration:\n{}",
+                  config::formatErrors(loaded, configPath_));
+    return;
+  }
+  auto old = runtime();
+  const config::Config& next = *loaded.config;
+  // What a running process cannot change: say so, keep the old value.
+  config::Config merged = next;
+  auto keep = [&](bool changed, const char* key) {
+    if (changed) spdlog::warn("reload: {} cannot change without a restart; keeping the old value", key);
+  };
+  keep(config::toString(next.listen) != config::toString(old->cfg.listen), "listen");
+  merged.listen = old->cfg.listen;
+  keep(next.threads != old->cfg.threads, "threads");
+  merged.threads = old->cfg.threads;
+  keep(next.admin.token != old->cfg.admin.token ||
+           (next.admin.listen ? config::toString(*next.admin.listen) : "") !=
+               (old->cfg.admin.listen ? config::toString(*old->cfg.admin.listen) : ""),
+       "admin");
+  merged.admin = old->cfg.admin;
+  keep(next.state.dir != old->cfg.state.dir, "state.dir");
+  merged.state = old->cfg.state;
+  try {
+    auto rt = buildRuntime(merged, mockSecret_);
+    setLogLevel(merged.log.level);
+    std::lock_guard lock(rtMu_);
+    rt_ = std::move(rt);
+  } catch (const std::exception& e) {
+    spdlog::error("reload failed, keeping the running configuration: {}", e.what());
+    return;
+  }
+  spdlog::info("reload done: new sessions use the new configuration");
+}
+
+std::string ProxyServer::statusJson() {
+  auto rt = runtime();
+  auto sessions = registry_.all();
+  std::ostringstream o;
+  o << "{\"version\":\"" << PGHANDOFF_VERSION << "\",\"phase\":\"source-only\""
+    << ",\"accepting\":" << (accepting_ ? "true" : "false") << ",\"connections\":{\"clients\":"
+    << metrics().clientConnections().value()
+    << ",\"source\":" << metrics().serverConnections(labels::Side::kSource).value()
+    << ",\"target\":" << metrics().serverConnections(labels::Side::kTarget).value() << "}"
+    << ",\"source\":\"" << jsonEscape(config::describe(rt->source)) << "\""
+    << ",\"mirror\":{\"state\":\"off\",\"lag_seconds\":null,\"queue_transactions\":0}"
+    << ",\"divergences\":0,\"last_flip\":null,\"sessions\":[";
+  std::size_t shown = 0;
+  for (auto& s : sessions) {
+    if (shown == 1000) break;
+    auto i = s->info();
+    if (shown++ > 0) o << ",";
+    o << "{\"id\":" << i.id << ",\"state\":\"" << i.state << "\",\"transaction\":\""
+      << i.txStatus << "\",\"user\":\"" << jsonEscape(i.user) << "\",\"application_name\":\""
+      << jsonEscape(i.applicationName) << "\",\"client\":\"" << jsonEscape(i.clientAddress)
+      << "\",\"tls\":" << (i.tls ? "true" : "false") << "}";
+  }
+  o << "]}";
+  return o.str();
+}
+
+}  // namespace pghandoff::proxy

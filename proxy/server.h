@@ -1,0 +1,61 @@
+// The proxy process: worker threads (one io_context each, sessions pinned to
+// one), the listener, the admin API, signals (SIGTERM/SIGINT graceful
+// shutdown, SIGHUP reload).
+#pragma once
+
+#include <atomic>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "config/config.h"
+#include "proxy/asio.h"
+#include "proxy/runtime.h"
+
+namespace pghandoff::proxy {
+
+class AdminServer;
+
+class ProxyServer {
+ public:
+  // Throws std::runtime_error with a clear message when something in the
+  // configuration cannot be set up (TLS files, listen address in use).
+  ProxyServer(config::Config cfg, std::string configPath);
+  ~ProxyServer();
+
+  // Runs until a shutdown completes. Returns the process exit code.
+  int run();
+
+  [[nodiscard]] std::string statusJson();
+
+ private:
+  awaitable<void> acceptLoop();
+  void beginShutdown(bool immediate);
+  void reload();
+  void waitForSignals();
+  [[nodiscard]] std::shared_ptr<const Runtime> runtime();
+
+  std::string configPath_;
+  std::vector<std::uint8_t> mockSecret_;
+  std::mutex rtMu_;
+  std::shared_ptr<const Runtime> rt_;
+
+  asio::io_context mainIo_;
+  std::vector<std::unique_ptr<asio::io_context>> workerIo_;
+  std::vector<asio::executor_work_guard<asio::io_context::executor_type>> guards_;
+  std::vector<std::thread> threads_;
+  std::size_t nextWorker_ = 0;
+
+  tcp::acceptor acceptor_;
+  std::unique_ptr<AdminServer> admin_;
+  asio::signal_set signals_;
+  asio::steady_timer shutdownTimer_;
+  Registry registry_;
+  std::atomic<bool> accepting_{false};
+  bool shuttingDown_ = false;
+  std::uint64_t nextSessionId_ = 1;
+};
+
+}  // namespace pghandoff::proxy
