@@ -121,8 +121,7 @@ std::optional<Sha256Digest> pbkdf2HmacSha256(Bytes password, Bytes salt, int ite
   Sha256Digest d{};
   // An empty password is legal; OpenSSL wants a non-null pointer for it.
   static const char kEmpty[1] = {0};
-  const char* pw =
-      password.empty() ? kEmpty : reinterpret_cast<const char*>(password.data());
+  const char* pw = password.empty() ? kEmpty : reinterpret_cast<const char*>(password.data());
   static const unsigned char kEmptySalt[1] = {0};
   const unsigned char* s = salt.empty() ? kEmptySalt : salt.data();
   if (PKCS5_PBKDF2_HMAC(pw, static_cast<int>(password.size()), s, static_cast<int>(salt.size()),

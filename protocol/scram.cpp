@@ -19,7 +19,8 @@ namespace {
 // PostgreSQL's texts (src/backend/libpq/auth-scram.c), so clients see what a
 // real server would say.
 constexpr const char* kMalformed = "malformed SCRAM message";
-constexpr const char* kInvalidMechanism = "client selected an invalid SASL authentication mechanism";
+constexpr const char* kInvalidMechanism =
+    "client selected an invalid SASL authentication mechanism";
 constexpr std::string_view kCbindType = "tls-server-end-point";
 constexpr std::string_view kCbindHeader = "p=tls-server-end-point,,";
 // PostgreSQL's SCRAM_RAW_NONCE_LEN and SCRAM_DEFAULT_SALT_LEN.
@@ -128,8 +129,7 @@ std::optional<ScramVerifier> makeScramVerifier(std::string_view password, int it
 }
 
 std::optional<ScramVerifier> makeScramVerifier(std::string_view password,
-                                               std::span<const std::uint8_t> salt,
-                                               int iterations) {
+                                               std::span<const std::uint8_t> salt, int iterations) {
   if (iterations < 1 || iterations > kScramMaxIterations || salt.empty()) return std::nullopt;
   auto salted = pbkdf2HmacSha256(asBytes(password), salt, iterations);
   if (!salted) return std::nullopt;
@@ -167,8 +167,7 @@ std::optional<ScramVerifier> parseScramVerifier(std::string_view s) {
       !serverKey || serverKey->size() != kSha256Size) {
     return std::nullopt;
   }
-  return ScramVerifier{*iterations, std::move(*salt), std::move(*storedKey),
-                       std::move(*serverKey)};
+  return ScramVerifier{*iterations, std::move(*salt), std::move(*storedKey), std::move(*serverKey)};
 }
 
 std::string formatScramVerifier(const ScramVerifier& v) {
@@ -415,7 +414,8 @@ AuthFailure ScramClient::fail(const char* sqlstate, std::string message) {
 }
 
 std::variant<std::string, AuthFailure> ScramClient::clientFirst() {
-  if (state_ != State::kInit) return fail(sqlstate::kProtocolViolation, "SCRAM exchange out of order");
+  if (state_ != State::kInit)
+    return fail(sqlstate::kProtocolViolation, "SCRAM exchange out of order");
   if (clientNonce_.empty()) {
     auto generated = makeNonce();
     if (!generated) return fail(sqlstate::kInternalError, "could not generate random nonce");
@@ -458,8 +458,7 @@ std::variant<std::string, AuthFailure> ScramClient::serverFirst(std::string_view
   auto iterationsText = reader.read('i');
   auto iterations = iterationsText ? parseIterations(*iterationsText) : std::nullopt;
   if (!iterations) {
-    return fail(sqlstate::kProtocolViolation,
-                "malformed SCRAM message (invalid iteration count)");
+    return fail(sqlstate::kProtocolViolation, "malformed SCRAM message (invalid iteration count)");
   }
   if (!reader.done()) {
     return fail(sqlstate::kProtocolViolation,

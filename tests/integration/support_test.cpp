@@ -163,7 +163,7 @@ TEST(Helpers, TempDirIsRemoved) {
     path = d.path();
     writeFile(path + "/f", "x");
     EXPECT_TRUE(std::filesystem::exists(path + "/f"));
-    EXPECT_EQ(path.rfind("/tmp/pghandoff-support-test-", 0), 0U);
+    EXPECT_EQ(path.rfind(tempRoot() + "/pghandoff-support-test-", 0), 0U);
   }
   EXPECT_FALSE(std::filesystem::exists(path));
 }

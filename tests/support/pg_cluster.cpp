@@ -125,7 +125,7 @@ void stopClusterDir(const std::string& dataDir) noexcept {
 // destructors (crash, SIGKILL by a ctest timeout): their owner.pid is gone.
 void reapAbandonedClusters() {
   std::error_code ec;
-  for (const auto& entry : fs::directory_iterator("/tmp", ec)) {
+  for (const auto& entry : fs::directory_iterator(tempRoot(), ec)) {
     const std::string name = entry.path().filename().string();
     if (name.rfind(std::string(kDirPrefix) + "-", 0) != 0) {
       continue;
@@ -191,7 +191,7 @@ void copyCertFile(const std::string& from, const std::string& to, unsigned mode)
 }
 
 // initdb once per machine and PostgreSQL build, into
-// /tmp/pghandoff-pgtemplate-<uid>-<key>/data; every cluster copies it.
+// <tempRoot()>/pghandoff-pgtemplate-<uid>-<key>/data; every cluster copies it.
 // Built under a reapable name and renamed into place, so concurrent test
 // binaries never see a half-made template.
 std::string templateDataDir() {
@@ -203,10 +203,10 @@ std::string templateDataDir() {
     throw std::runtime_error("PgCluster: no initdb at " + initdb + " (set PGHANDOFF_PG_BIN)");
   }
   // Bump kTemplateVersion when the initdb arguments change.
-  constexpr int kTemplateVersion = 1;
+  constexpr int kTemplateVersion = 2;
   const std::size_t key = std::hash<std::string>{}(
       initdb + ":" + std::to_string(st.st_mtime) + ":" + std::to_string(kTemplateVersion));
-  const std::string final = "/tmp/pghandoff-pgtemplate-" + std::to_string(::geteuid()) + "-" +
+  const std::string final = tempRoot() + "/pghandoff-pgtemplate-" + std::to_string(::geteuid()) + "-" +
                             std::to_string(key);
   if (fs::exists(final + "/data/PG_VERSION")) {
     return final + "/data";
@@ -230,7 +230,8 @@ std::string templateDataDir() {
               "UTF8",
               "--locale=C.UTF-8",
               "--no-sync",  // clusters are thrown away and run with fsync=off
-              "--no-instructions"};
+              "--no-instructions",
+              "--wal-segsize=1"};  // 1 MiB instead of 16: less to copy per cluster
     o.asUser = serverOsUser();
     o.cwd = "/";  // postgres may not be allowed into our working directory
     o.timeout = 120s;

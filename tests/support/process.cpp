@@ -575,8 +575,13 @@ TempDir::~TempDir() {
 
 std::string TempDir::release() { return std::exchange(path_, {}); }
 
+std::string tempRoot() {
+  const char* env = std::getenv("PGHANDOFF_TEST_TMPDIR");
+  return env != nullptr && *env != '\0' ? env : "/tmp";
+}
+
 std::string makeTempDir(const std::string& prefix, bool removeAtExit) {
-  std::string tmpl = "/tmp/" + prefix + "-XXXXXX";
+  std::string tmpl = tempRoot() + "/" + prefix + "-XXXXXX";
   if (::mkdtemp(tmpl.data()) == nullptr) {
     throw std::runtime_error(errnoText("mkdtemp " + tmpl));
   }

@@ -94,7 +94,7 @@ bool waitFor(const std::function<bool()>& cond, std::chrono::milliseconds deadli
 // must still handle the race with another process taking it.
 uint16_t freePort();
 
-// A unique directory /tmp/<prefix>-XXXXXX, removed with its contents by the
+// A unique directory <tempRoot()>/<prefix>-XXXXXX, removed with its contents by the
 // destructor (unless release()d).
 class TempDir {
  public:
@@ -110,7 +110,11 @@ class TempDir {
   std::string path_;
 };
 
-// mkdtemp under /tmp; the directory is not removed automatically unless
+// Where temp dirs go: $PGHANDOFF_TEST_TMPDIR if set (e.g. /dev/shm for
+// speed), else /tmp.
+std::string tempRoot();
+
+// mkdtemp under tempRoot(); the directory is not removed automatically unless
 // removeAtExit is set (it is then removed when the test process exits normally).
 std::string makeTempDir(const std::string& prefix, bool removeAtExit = false);
 

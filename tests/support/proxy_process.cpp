@@ -71,11 +71,15 @@ std::string percentDecode(const std::string& s) {
   return out;
 }
 
-// YAML double-quoted scalar.
+// YAML double-quoted scalar; '$' doubled because the config expands
+// ${VAR} and reads $$ as a literal $ (SCRAM verifiers are full of them).
 std::string yamlQuote(const std::string& s) {
   std::string out = "\"";
   for (const char c : s) {
     switch (c) {
+      case '$':
+        out += "$$";
+        break;
       case '"':
         out += "\\\"";
         break;

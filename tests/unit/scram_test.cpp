@@ -22,7 +22,9 @@ namespace {
 // ---------------------------------------------------------------------------
 // Helpers
 
-std::vector<std::uint8_t> bytesOf(std::string_view s) { return {s.begin(), s.end()}; }
+std::vector<std::uint8_t> bytesOf(std::string_view s) {
+  return {s.begin(), s.end()};
+}
 
 std::vector<std::uint8_t> fromBase64(std::string_view s) {
   auto d = base64Decode(s);
@@ -120,15 +122,22 @@ ExchangeResult runExchange(ScramClient& client, ScramServer& server) {
   return out;
 }
 
-bool succeeded(const ExchangeResult& r) { return !r.serverFailure && !r.clientFailure; }
+bool succeeded(const ExchangeResult& r) {
+  return !r.serverFailure && !r.clientFailure;
+}
 
 // ---------------------------------------------------------------------------
 // Crypto helpers
 
 TEST(ScramCrypto, Base64Rfc4648Vectors) {
   const std::pair<std::string_view, std::string_view> vectors[] = {
-      {"", ""},         {"f", "Zg=="},        {"fo", "Zm8="},       {"foo", "Zm9v"},
-      {"foob", "Zm9vYg=="}, {"fooba", "Zm9vYmE="}, {"foobar", "Zm9vYmFy"},
+      {"", ""},
+      {"f", "Zg=="},
+      {"fo", "Zm8="},
+      {"foo", "Zm9v"},
+      {"foob", "Zm9vYg=="},
+      {"fooba", "Zm9vYmE="},
+      {"foobar", "Zm9vYmFy"},
   };
   for (auto [plain, encoded] : vectors) {
     EXPECT_EQ(base64Encode(asBytes(plain)), encoded);
@@ -141,9 +150,8 @@ TEST(ScramCrypto, Base64Rfc4648Vectors) {
 }
 
 TEST(ScramCrypto, Base64RejectsMalformed) {
-  for (std::string_view bad : {"Z", "Zg", "Zg=", "Zg=a", "Z===", "====", "Zm9v=", "Zm 9v",
-                               "Zm9v\n", "Zm-v", "Zm_v", "Zg==Zg==", "=Zm9", "Z=g=",
-                               "Zh==", "Zm9="}) {
+  for (std::string_view bad : {"Z", "Zg", "Zg=", "Zg=a", "Z===", "====", "Zm9v=", "Zm 9v", "Zm9v\n",
+                               "Zm-v", "Zm_v", "Zg==Zg==", "=Zm9", "Z=g=", "Zh==", "Zm9="}) {
     EXPECT_FALSE(base64Decode(bad).has_value()) << bad;
   }
 }
@@ -294,19 +302,19 @@ TEST(ScramVerifierTest, ParseRejectsMalformed) {
       "md596948aad3fcae80c08a35c9b5958cd89",
       "SCRAM-SHA-1$4096:c2FsdA==$" + key + ":" + key,
       "scram-sha-256$4096:c2FsdA==$" + key + ":" + key,
-      "SCRAM-SHA-256$4096:c2FsdA==$" + key,                 // no ServerKey
-      "SCRAM-SHA-256$4096:c2FsdA==" + key + ":" + key,      // no '$'
-      "SCRAM-SHA-256$4096$c2FsdA==$" + key + ":" + key,     // '$' for ':'
-      "SCRAM-SHA-256$0:c2FsdA==$" + key + ":" + key,        // iterations 0
+      "SCRAM-SHA-256$4096:c2FsdA==$" + key,              // no ServerKey
+      "SCRAM-SHA-256$4096:c2FsdA==" + key + ":" + key,   // no '$'
+      "SCRAM-SHA-256$4096$c2FsdA==$" + key + ":" + key,  // '$' for ':'
+      "SCRAM-SHA-256$0:c2FsdA==$" + key + ":" + key,     // iterations 0
       "SCRAM-SHA-256$-1:c2FsdA==$" + key + ":" + key,
       "SCRAM-SHA-256$+4096:c2FsdA==$" + key + ":" + key,
       "SCRAM-SHA-256$04096:c2FsdA==$" + key + ":" + key,
       "SCRAM-SHA-256$4096x:c2FsdA==$" + key + ":" + key,
       "SCRAM-SHA-256$99999999999999999999:c2FsdA==$" + key + ":" + key,  // overflow
-      "SCRAM-SHA-256$10000001:c2FsdA==$" + key + ":" + key,             // above the cap
+      "SCRAM-SHA-256$10000001:c2FsdA==$" + key + ":" + key,              // above the cap
       "SCRAM-SHA-256$:c2FsdA==$" + key + ":" + key,
-      "SCRAM-SHA-256$4096:$" + key + ":" + key,             // empty salt
-      "SCRAM-SHA-256$4096:c2FsdA=$" + key + ":" + key,      // bad base64 salt
+      "SCRAM-SHA-256$4096:$" + key + ":" + key,         // empty salt
+      "SCRAM-SHA-256$4096:c2FsdA=$" + key + ":" + key,  // bad base64 salt
       "SCRAM-SHA-256$4096:c2FsdA==$" + shortKey + ":" + key,
       "SCRAM-SHA-256$4096:c2FsdA==$" + key + ":" + shortKey,
       "SCRAM-SHA-256$4096:c2FsdA==$" + key + ":" + key + "AAAA",
@@ -329,8 +337,7 @@ TEST(ScramRoundTrip, PlaintextWithoutChannelBinding) {
 
 TEST(ScramRoundTrip, TlsWithChannelBinding) {
   ScramServer server("app", verifierFor("pw"), false, cbindData());
-  EXPECT_EQ(server.mechanisms(),
-            (std::vector<std::string>{"SCRAM-SHA-256-PLUS", "SCRAM-SHA-256"}));
+  EXPECT_EQ(server.mechanisms(), (std::vector<std::string>{"SCRAM-SHA-256-PLUS", "SCRAM-SHA-256"}));
   ScramClient client("pw", cbindData(), true);
   EXPECT_EQ(client.mechanism(), "SCRAM-SHA-256-PLUS");
   EXPECT_TRUE(succeeded(runExchange(client, server)));
@@ -493,7 +500,8 @@ TEST(ScramMock, UnusableVerifierAdmitsNobody) {
 // ---------------------------------------------------------------------------
 // Server: bad input table (B27-B31, B28 malformed)
 
-constexpr std::string_view kZeroProof = "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=";  // 32 zero bytes
+constexpr std::string_view kZeroProof =
+    "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=";  // 32 zero bytes
 
 std::string cbindAttr(const std::vector<std::uint8_t>& cb) {
   std::string input = "p=tls-server-end-point,,";
@@ -530,20 +538,40 @@ std::vector<ServerCase> serverCases() {
       {"PLUS over plaintext", false, plus, okPlusFirst, {}, "08P01", badMech},
       {"p flag over plaintext", false, plain, okPlusFirst, {}, "08P01", malformed},
       // B29: 'y' when we advertised PLUS.
-      {"y over TLS", true, plain, "y,,n=,r=CN", {}, "28000",
+      {"y over TLS",
+       true,
+       plain,
+       "y,,n=,r=CN",
+       {},
+       "28000",
        "SCRAM channel binding negotiation error"},
       // PLUS selected but the message says no binding.
       {"PLUS with n", true, plus, okFirst, {}, "08P01", malformed},
       {"PLUS with y", true, plus, "y,,n=,r=CN", {}, "08P01", malformed},
       {"p flag with plain over TLS", true, plain, okPlusFirst, {}, "08P01", malformed},
-      {"other cbind type", true, plus, "p=tls-unique,,n=,r=CN", {}, "08P01",
+      {"other cbind type",
+       true,
+       plus,
+       "p=tls-unique,,n=,r=CN",
+       {},
+       "08P01",
        "unsupported SCRAM channel-binding type"},
-      {"empty cbind type", true, plus, "p=,,n=,r=CN", {}, "08P01",
+      {"empty cbind type",
+       true,
+       plus,
+       "p=,,n=,r=CN",
+       {},
+       "08P01",
        "unsupported SCRAM channel-binding type"},
       {"p without =", true, plus, "p,,n=,r=CN", {}, "08P01", malformed},
       {"p without comma", true, plus, "p=tls-server-end-point", {}, "08P01", malformed},
       // gs2 header.
-      {"authzid", false, plain, "n,a=bob,n=,r=CN", {}, "0A000",
+      {"authzid",
+       false,
+       plain,
+       "n,a=bob,n=,r=CN",
+       {},
+       "0A000",
        "client uses authorization identity, but it is not supported"},
       {"bad flag", false, plain, "x,,n=,r=CN", {}, "08P01", malformed},
       {"flag only", false, plain, "n", {}, "08P01", malformed},
@@ -551,7 +579,12 @@ std::vector<ServerCase> serverCases() {
       {"junk in authzid slot", false, plain, "n,n=,r=CN", {}, "08P01", malformed},
       {"empty message", false, plain, "", {}, "08P01", malformed},
       // client-first-message-bare.
-      {"reserved m= extension", false, plain, "n,,m=ext,n=,r=CN", {}, "0A000",
+      {"reserved m= extension",
+       false,
+       plain,
+       "n,,m=ext,n=,r=CN",
+       {},
+       "0A000",
        "client requires an unsupported SCRAM extension"},
       {"header only", false, plain, "n,,", {}, "08P01", malformed},
       {"missing n", false, plain, "n,,r=CN", {}, "08P01", malformed},
@@ -559,11 +592,26 @@ std::vector<ServerCase> serverCases() {
       {"missing r after comma", false, plain, "n,,n=,", {}, "08P01", malformed},
       {"empty nonce", false, plain, "n,,n=,r=", {}, "08P01", malformed},
       {"r without =", false, plain, "n,,n=,r", {}, "08P01", malformed},
-      {"space in nonce", false, plain, "n,,n=,r=C N", {}, "08P01",
+      {"space in nonce",
+       false,
+       plain,
+       "n,,n=,r=C N",
+       {},
+       "08P01",
        "non-printable characters in SCRAM nonce"},
-      {"control char in nonce", false, plain, "n,,n=,r=C\x01N", {}, "08P01",
+      {"control char in nonce",
+       false,
+       plain,
+       "n,,n=,r=C\x01N",
+       {},
+       "08P01",
        "non-printable characters in SCRAM nonce"},
-      {"8-bit char in nonce", false, plain, "n,,n=,r=C\xc3\xa9N", {}, "08P01",
+      {"8-bit char in nonce",
+       false,
+       plain,
+       "n,,n=,r=C\xc3\xa9N",
+       {},
+       "08P01",
        "non-printable characters in SCRAM nonce"},
       {"NUL in message", false, plain, std::string("n,,n=,r=C\0N", 11), {}, "08P01", malformed},
       {"duplicate r", false, plain, "n,,n=,r=CN,r=XX", {}, "08P01", malformed},
@@ -573,7 +621,12 @@ std::vector<ServerCase> serverCases() {
       {"bad extension", false, plain, "n,,n=,r=CN,1=x", {}, "08P01", malformed},
       {"extension without =", false, plain, "n,,n=,r=CN,xyz", {}, "08P01", malformed},
       {"huge nonce", false, plain, "n,,n=,r=" + std::string(2000, 'a'), {}, "08P01", malformed},
-      {"huge message", false, plain, "n,,n=" + std::string(1 << 20, 'u') + ",r=CN", {}, "08P01",
+      {"huge message",
+       false,
+       plain,
+       "n,,n=" + std::string(1 << 20, 'u') + ",r=CN",
+       {},
+       "08P01",
        malformed},
       // client-final-message.
       {"final: empty", false, plain, okFirst, "", "08P01", malformed},
@@ -604,15 +657,15 @@ std::vector<ServerCase> serverCases() {
        malformed},
       {"final: bad base64 proof", false, plain, okFirst, "c=biws,r=CNSN,p=!!!!", "08P01",
        malformed},
-      {"final: short proof", false, plain, okFirst, "c=biws,r=CNSN,p=AAAAAAAAAAAAAAAAAAAAAA==",
-       "08P01", malformed},
+      {"final: short proof", false, plain, okFirst,
+       "c=biws,r=CNSN,p=AAAAAAAAAAAAAAAAAAAAAA==", "08P01", malformed},
       {"final: long proof", false, plain, okFirst,
        "c=biws,r=CNSN,p=" + base64Encode(std::vector<std::uint8_t>(33, 0)), "08P01", malformed},
       {"final: empty proof", false, plain, okFirst, "c=biws,r=CNSN,p=", "08P01", malformed},
       {"final: NUL", false, plain, okFirst, std::string("c=biws,r=CNSN\0,", 15) + proof, "08P01",
        malformed},
-      {"final: huge", false, plain, okFirst, "c=biws,r=CNSN,x=" + std::string(5000, 'x') + "," + proof,
-       "08P01", malformed},
+      {"final: huge", false, plain, okFirst,
+       "c=biws,r=CNSN,x=" + std::string(5000, 'x') + "," + proof, "08P01", malformed},
       {"final: wrong proof", false, plain, okFirst, "c=biws,r=CNSN," + proof, "28P01",
        wrongPassword},
       {"final: extension before proof", false, plain, okFirst, "c=biws,r=CNSN,x=1," + proof,
@@ -636,7 +689,8 @@ std::vector<ServerCase> serverCases() {
 TEST(ScramServerTest, BadInputTable) {
   for (const ServerCase& c : serverCases()) {
     SCOPED_TRACE(c.name);
-    ScramServer server("app", verifierFor("pw"), false, c.tls ? cbindData() : std::vector<std::uint8_t>{});
+    ScramServer server("app", verifierFor("pw"), false,
+                       c.tls ? cbindData() : std::vector<std::uint8_t>{});
     server.setNonceForTest("SN");
     auto first = server.clientFirst(c.mechanism, c.first);
     std::variant<std::string, AuthFailure> result = first;
@@ -703,9 +757,15 @@ TEST(ScramClientTest, BadServerInputTable) {
   const std::string badIter = "malformed SCRAM message (invalid iteration count)";
   const std::vector<ClientCase> cases = {
       {"empty", "", {}, "08P01", "malformed SCRAM message (server-first-message)"},
-      {"NUL", std::string("r=CNSN,s=c2FsdA==,i=4\0", 22), {}, "08P01",
+      {"NUL",
+       std::string("r=CNSN,s=c2FsdA==,i=4\0", 22),
+       {},
+       "08P01",
        "malformed SCRAM message (server-first-message)"},
-      {"huge", "r=CN" + std::string(5000, 'x') + ",s=c2FsdA==,i=4096", {}, "08P01",
+      {"huge",
+       "r=CN" + std::string(5000, 'x') + ",s=c2FsdA==,i=4096",
+       {},
+       "08P01",
        "malformed SCRAM message (server-first-message)"},
       {"nonce not extended", "r=CN,s=c2FsdA==,i=4096", {}, "08P01", nonceMismatch},
       {"nonce other client", "r=XXSN,s=c2FsdA==,i=4096", {}, "08P01", nonceMismatch},
@@ -723,12 +783,17 @@ TEST(ScramClientTest, BadServerInputTable) {
       {"hex iterations", "r=CNSN,s=c2FsdA==,i=0x1000", {}, "08P01", badIter},
       {"iterations with junk", "r=CNSN,s=c2FsdA==,i=4096x", {}, "08P01", badIter},
       {"iterations above cap", "r=CNSN,s=c2FsdA==,i=10000001", {}, "08P01", badIter},
-      {"iterations overflow", "r=CNSN,s=c2FsdA==,i=99999999999999999999999", {}, "08P01",
-       badIter},
+      {"iterations overflow", "r=CNSN,s=c2FsdA==,i=99999999999999999999999", {}, "08P01", badIter},
       {"empty iterations", "r=CNSN,s=c2FsdA==,i=", {}, "08P01", badIter},
-      {"garbage at end", "r=CNSN,s=c2FsdA==,i=4096,x=y", {}, "08P01",
+      {"garbage at end",
+       "r=CNSN,s=c2FsdA==,i=4096,x=y",
+       {},
+       "08P01",
        "malformed SCRAM message (garbage at end of server-first-message)"},
-      {"trailing comma", "r=CNSN,s=c2FsdA==,i=4096,", {}, "08P01",
+      {"trailing comma",
+       "r=CNSN,s=c2FsdA==,i=4096,",
+       {},
+       "08P01",
        "malformed SCRAM message (garbage at end of server-first-message)"},
       // server-final-message.
       {"final: empty", okFirst, "", "08P01", "malformed SCRAM message (server-final-message)"},
@@ -826,9 +891,15 @@ TEST(ScramFuzzLite, MutatedMessagesNeverCrash) {
       std::size_t pos = s.empty() ? 0 : rng() % (s.size() + 1);
       char ch = alphabet[rng() % alphabet.size()];
       switch (rng() % 3) {
-        case 0: s.insert(s.begin() + static_cast<long>(pos), ch); break;
-        case 1: if (pos < s.size()) s.erase(pos, 1); break;
-        default: if (pos < s.size()) s[pos] = ch; break;
+        case 0:
+          s.insert(s.begin() + static_cast<long>(pos), ch);
+          break;
+        case 1:
+          if (pos < s.size()) s.erase(pos, 1);
+          break;
+        default:
+          if (pos < s.size()) s[pos] = ch;
+          break;
       }
     }
     return s;
@@ -874,9 +945,9 @@ struct CertFree {
 
 // A self-signed certificate signed with `md` (nullptr for Ed25519), as DER.
 std::vector<std::uint8_t> makeCert(const char* keyType, const EVP_MD* md) {
-  std::unique_ptr<EVP_PKEY, KeyFree> key(
-      std::string_view(keyType) == "EC" ? EVP_PKEY_Q_keygen(nullptr, nullptr, "EC", "P-256")
-                                        : EVP_PKEY_Q_keygen(nullptr, nullptr, keyType));
+  std::unique_ptr<EVP_PKEY, KeyFree> key(std::string_view(keyType) == "EC"
+                                             ? EVP_PKEY_Q_keygen(nullptr, nullptr, "EC", "P-256")
+                                             : EVP_PKEY_Q_keygen(nullptr, nullptr, keyType));
   if (!key) return {};
   std::unique_ptr<X509, CertFree> cert(X509_new());
   X509_set_version(cert.get(), 2);
