@@ -8,7 +8,7 @@
 #include <array>
 #include <boost/beast/core.hpp>
 #include <boost/beast/http.hpp>
-#include <cstring>
+#include <cctype>
 #include <map>
 #include <stdexcept>
 

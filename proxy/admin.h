@@ -39,6 +39,8 @@ struct AdminOptions {
   std::size_t bodyLimit = 64 * 1024;    // 413 above
 };
 
+// Destroy an AdminServer before its io_context. The coroutines share its state, so it is also
+// safe for them to finish after the AdminServer object is gone.
 class AdminServer {
  public:
   // Binds and listens; throws std::runtime_error naming host:port if that fails.

@@ -401,7 +401,10 @@ awaitable<bool> ClientSession::authenticateScram(const std::string& user,
 
 awaitable<bool> ClientSession::authenticateMd5(const std::string& user, const UserSecret* secret) {
   std::array<std::uint8_t, 4> salt{};
-  RAND_bytes(salt.data(), 4);
+  if (RAND_bytes(salt.data(), 4) != 1) {
+    co_await fatal(sqlstate::kInternalError, "could not generate random salt");
+    co_return false;
+  }
   std::vector<std::uint8_t> out;
   protocol::encodeAuthMd5(salt.data(), out);
   if (!co_await writeClient(out)) co_return false;

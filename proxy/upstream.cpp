@@ -151,6 +151,7 @@ awaitable<LoginResult> ServerConnection::loginSteps(
   std::vector<std::uint8_t> buf;
   std::optional<protocol::ScramClient> scram;
   bool authenticated = false;
+  bool scramVerified = false;
   while (true) {
     auto msg = co_await readMessage(stream_, buf);
     if (!msg) co_return fail("connection to " + where(info) + " lost during login");
@@ -162,6 +163,13 @@ awaitable<LoginResult> ServerConnection::loginSteps(
         if (!auth) co_return fail("malformed authentication request from " + where(info));
         switch (static_cast<protocol::AuthCode>(auth->code)) {
           case protocol::AuthCode::kOk:
+            // After a SCRAM exchange, AuthenticationOk counts only once the
+            // server proved it knows the password (its signature in
+            // SASLFinal); a spoofing server could skip SASLFinal.
+            if (scram && !scramVerified) {
+              co_return fail("server at " + where(info) +
+                             " skipped the SCRAM server signature", protocol::sqlstate::kProtocolViolation);
+            }
             authenticated = true;
             break;
           case protocol::AuthCode::kCleartextPassword:
@@ -214,6 +222,7 @@ awaitable<LoginResult> ServerConnection::loginSteps(
             if (auto f = scram->serverFinal(protocol::asString(auth->data))) {
               co_return fail("SCRAM with " + where(info) + " failed: " + f->message);
             }
+            scramVerified = true;
             break;
           }
           default:

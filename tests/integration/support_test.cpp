@@ -15,6 +15,7 @@
 #include <thread>
 
 #include <gtest/gtest.h>
+#include <libpq-fe.h>
 
 #include "tests/support/certs.h"
 #include "tests/support/pg_cluster.h"
@@ -60,9 +61,9 @@ TEST(Run, LargeOutputOnBothPipesDoesNotDeadlock) {
   // Far beyond the 64 KiB pipe buffer on both streams at once, while stdin is
   // also being written.
   const std::string input(300000, 'x');
-  const ProcessResult r = run(
-      {"sh", "-c", "head -c 1000000 /dev/zero; head -c 700000 /dev/zero >&2; wc -c"}, {}, 20s,
-      input);
+  const ProcessResult r =
+      run({"sh", "-c", "head -c 1000000 /dev/zero; head -c 700000 /dev/zero >&2; wc -c"}, {}, 20s,
+          input);
   EXPECT_EQ(r.exitCode, 0);
   EXPECT_EQ(r.out.size(), 1000000U + std::string("300000\n").size());
   EXPECT_EQ(r.out.substr(1000000), "300000\n");
@@ -186,8 +187,9 @@ TEST(Metrics, FindsExactSamplesRegardlessOfLabelOrder) {
   EXPECT_EQ(findMetric(text, "pghandoff_queries_total{side=\"source\",kind=\"read\"}"), 12.0);
   EXPECT_EQ(findMetric(text, "pghandoff_queries_total{kind=\"write\",side=\"source\"}"), 3.0);
   EXPECT_EQ(findMetric(text, "pghandoff_queries_total{side=\"target\",kind=\"read\"}"), 0.0);
-  EXPECT_EQ(findMetric(text, "pghandoff_query_duration_seconds_bucket{side=\"source\",le=\"+Inf\"}"),
-            15.0);
+  EXPECT_EQ(
+      findMetric(text, "pghandoff_query_duration_seconds_bucket{side=\"source\",le=\"+Inf\"}"),
+      15.0);
   EXPECT_EQ(findMetric(text, "pghandoff_lag_seconds"), 0.25);
   EXPECT_EQ(findMetric(text, "pghandoff_escaped{reason=\"a \\\"b\\\"\"}"), 4.0);
   EXPECT_TRUE(std::isnan(findMetric(text, "pghandoff_queries_total")));
@@ -225,7 +227,9 @@ TEST(Http, RequestAndChunkedResponse) {
     ::close(c);
   });
   const HttpResponse r = httpRequest(ntohs(addr.sin_port), "POST", "/phase",
-                                     R"({"phase":"x"})" "  ", {{"Authorization", "Bearer tok"}});
+                                     R"({"phase":"x"})"
+                                     "  ",
+                                     {{"Authorization", "Bearer tok"}});
   server.join();
   ::close(lfd);
   EXPECT_EQ(r.status, 409);
@@ -323,8 +327,7 @@ TEST_F(PlainCluster, RolesDatabasesAndScramAuth) {
             "SCRAM-SHA-256$");
   PqConn bad(c.url("app db", "app_user", "wrong"));
   EXPECT_FALSE(bad.ok());
-  EXPECT_NE(bad.error().find("password authentication failed"), std::string::npos)
-      << bad.error();
+  EXPECT_NE(bad.error().find("password authentication failed"), std::string::npos) << bad.error();
   // No SSL on this cluster.
   PqConn ssl(c.url("postgres", "postgres", std::nullopt, "sslmode=require"));
   EXPECT_FALSE(ssl.ok());
@@ -353,7 +356,7 @@ TEST_F(PlainCluster, StopStartRestartKill9) {
   ASSERT_GT(postmaster, 0);
   c.kill9();
   EXPECT_TRUE(pidGone(postmaster));
-  EXPECT_TRUE(waitFor([&] { return pidGone(backend); }, 5s));
+  EXPECT_TRUE(pidGone(backend));  // killed too, not left to notice
   EXPECT_FALSE(held.exec("SELECT 1").ok);
   c.start();  // crash recovery
   EXPECT_EQ(c.psql("SELECT count(*) FROM survives"), "1");
@@ -450,28 +453,77 @@ TEST(ClusterLifecycle, DestructorRemovesEverything) {
 
 // ---- the proxy binary --------------------------------------------------------------
 
+// Starts the proxy, or skips the test while the binary is still a stub (a
+// stub exits 0 at once; a real proxy never exits before it is healthy).
+std::unique_ptr<ProxyProcess> startProxyOrSkip(const ProxyOptions& o, bool& skipped) {
+  skipped = false;
+  try {
+    return std::make_unique<ProxyProcess>(o);
+  } catch (const std::runtime_error& e) {
+    if (std::string(e.what()).find("exited with code 0 ") != std::string::npos) {
+      skipped = true;
+      return nullptr;
+    }
+    throw;
+  }
+}
+
 TEST_F(PlainCluster, ProxyProcessRunsTheBinary) {
   ProxyOptions o;
   o.sourceUrl = cluster_->url();
-  std::unique_ptr<ProxyProcess> proxy;
-  try {
-    proxy = std::make_unique<ProxyProcess>(o);
-  } catch (const std::runtime_error& e) {
-    // A stub binary exits 0 at once; a real proxy never exits before healthy.
-    if (std::string(e.what()).find("exited with code 0 ") != std::string::npos) {
-      GTEST_SKIP() << "`pghandoff proxy` is not implemented yet";
-    }
-    throw;
+  o.users = {{"app", "app-secret"}, {"dollar", "pa$$w${x}rd"}};
+  bool skipped = false;
+  auto proxy = startProxyOrSkip(o, skipped);
+  if (skipped) {
+    GTEST_SKIP() << "`pghandoff proxy` is not implemented yet";
   }
   EXPECT_EQ(proxy->http("GET", "/healthz", {}, false).status, 200);
   EXPECT_EQ(proxy->http("GET", "/status", {}, false).status, 401);
   EXPECT_EQ(proxy->http("GET", "/status").status, 200);
   EXPECT_EQ(queryOne(proxy->url(), "SELECT 42"), "42");
+  // '$' reaches the proxy literally, not as an environment reference.
+  EXPECT_EQ(queryOne(proxy->url("dollar", "pa$$w${x}rd"), "SELECT 1"), "1");
   EXPECT_EQ(proxy->metric("pghandoff_phase{phase=\"source-only\"}"), 1.0);
+  {
+    PqConn held(proxy->url());
+    ASSERT_TRUE(held.ok()) << held.error();
+    EXPECT_TRUE(waitFor([&] { return proxy->metric("pghandoff_client_connections") == 1.0; }, 5s))
+        << proxy->metrics();
+  }
+  EXPECT_TRUE(waitFor([&] { return proxy->metric("pghandoff_client_connections") == 0.0; }, 5s));
+
+  const uint16_t port = proxy->port();
+  proxy->restart();
+  EXPECT_EQ(proxy->port(), port);
+  EXPECT_EQ(queryOne(proxy->url(), "SELECT 43"), "43");
+
   EXPECT_EQ(proxy->log().find(o.adminToken), std::string::npos);
   EXPECT_EQ(proxy->log().find(cluster_->superPassword()), std::string::npos);
-  proxy->signal(SIGTERM);
-  EXPECT_EQ(proxy->waitExit(10s), 0);
+  EXPECT_TRUE(proxy->signal(SIGTERM));
+  EXPECT_EQ(proxy->waitExit(10s), 0) << proxy->log();
+}
+
+TEST_F(TlsCluster, ProxyWithClientTlsAndTlsSource) {
+  ProxyOptions o;
+  o.sourceUrl = cluster_->url("postgres", "postgres", std::nullopt,
+                              "sslmode=verify-full sslrootcert=" + certs_.caCert);
+  o.tlsMode = "require";
+  o.certFile = certs_.serverCert;
+  o.keyFile = certs_.serverKey;
+  bool skipped = false;
+  auto proxy = startProxyOrSkip(o, skipped);
+  if (skipped) {
+    GTEST_SKIP() << "`pghandoff proxy` is not implemented yet";
+  }
+  const std::string verify = "sslmode=verify-full sslrootcert=" + certs_.caCert;
+  PqConn conn(proxy->url("app", "app-secret", std::nullopt, verify));
+  ASSERT_TRUE(conn.ok()) << conn.error();
+  EXPECT_NE(PQsslInUse(conn.raw()), 0);
+  // The server-side view: the proxy's own connection to the source is TLS.
+  EXPECT_EQ(conn.execOrThrow("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()").value(),
+            "t");
+  PqConn plain(proxy->url());  // sslmode=disable against mode: require
+  EXPECT_FALSE(plain.ok());
 }
 
 }  // namespace

@@ -31,8 +31,9 @@ void newKey(const std::string& keyFile) {
 }
 
 std::string leafExtensions(const std::string& cn, bool server) {
-  std::string ext = "basicConstraints=critical,CA:FALSE\n"
-                    "keyUsage=critical,digitalSignature,keyEncipherment\n";
+  std::string ext =
+      "basicConstraints=critical,CA:FALSE\n"
+      "keyUsage=critical,digitalSignature,keyEncipherment\n";
   if (server) {
     ext += "extendedKeyUsage=serverAuth\nsubjectAltName=DNS:" + cn + ",IP:127.0.0.1\n";
   } else {
@@ -61,6 +62,7 @@ void issue(const TestCerts& ca, const std::string& key, const std::string& cert,
 TestCerts makeTestCerts(std::string dir, std::string cn) {
   if (dir.empty()) {
     dir = makeTempDir("pghandoff-certs", /*removeAtExit=*/true);
+    markOwned(dir);
   }
   // mkdtemp makes 0700; the postgres user must reach the files.
   ::chmod(dir.c_str(), 0755);
@@ -86,8 +88,8 @@ TestCerts makeTestCerts(std::string dir, std::string cn) {
 CertPair makeSelfSignedCert(const std::string& dir, const std::string& cn) {
   CertPair p{dir + "/selfsigned-" + cn + ".crt", dir + "/selfsigned-" + cn + ".key"};
   newKey(p.key);
-  openssl({"req", "-x509", "-new", "-key", p.key, "-subj", "/CN=" + cn, "-days", "3650",
-           "-sha256", "-addext", "subjectAltName=DNS:" + cn + ",IP:127.0.0.1", "-out", p.cert});
+  openssl({"req", "-x509", "-new", "-key", p.key, "-subj", "/CN=" + cn, "-days", "3650", "-sha256",
+           "-addext", "subjectAltName=DNS:" + cn + ",IP:127.0.0.1", "-out", p.cert});
   ::chmod(p.cert.c_str(), 0644);
   return p;
 }

@@ -25,7 +25,9 @@ constexpr const char* kServerUser = "postgres";
 constexpr const char* kDirPrefix = "pghandoff-pg";
 
 // initdb and pg_ctl refuse to run as root.
-std::string serverOsUser() { return isRoot() ? kServerUser : ""; }
+std::string serverOsUser() {
+  return isRoot() ? kServerUser : "";
+}
 
 std::string trim(const std::string& s) {
   const auto b = s.find_first_not_of(" \t\r\n");
@@ -36,49 +38,33 @@ std::string trim(const std::string& s) {
   return s.substr(b, e - b + 1);
 }
 
-// State letter of /proc/<pid>/stat ('Z' zombie), '\0' when there is no such
-// process. Parsed after the last ')' because comm may contain anything.
-char procState(int pid, int* pgrp = nullptr) {
-  std::ifstream in("/proc/" + std::to_string(pid) + "/stat");
-  std::string stat;
-  if (!in || !std::getline(in, stat)) {
-    return '\0';
-  }
-  const auto close = stat.rfind(')');
-  if (close == std::string::npos) {
-    return '\0';
-  }
-  std::istringstream rest(stat.substr(close + 1));
-  char state = '\0';
-  int ppid = 0;
-  int group = 0;
-  rest >> state >> ppid >> group;
-  if (pgrp != nullptr) {
-    *pgrp = group;
-  }
-  return state;
-}
-
-bool processAlive(int pid) {
-  const char s = procState(pid);
-  return s != '\0' && s != 'Z' && s != 'X';
-}
-
-// Any live (non-zombie) process in process group pgid?
-bool groupAlive(int pgid) {
+// Live children of pid (backends and auxiliary processes of a postmaster).
+std::vector<int> childrenOf(int pid) {
+  std::vector<int> out;
   std::error_code ec;
   for (const auto& entry : fs::directory_iterator("/proc", ec)) {
     const std::string name = entry.path().filename().string();
     if (name.empty() || name.find_first_not_of("0123456789") != std::string::npos) {
       continue;
     }
-    int group = 0;
-    const char s = procState(std::stoi(name), &group);
-    if (group == pgid && s != '\0' && s != 'Z' && s != 'X') {
-      return true;
+    std::ifstream in("/proc/" + name + "/stat");
+    std::string stat;
+    if (!std::getline(in, stat)) {
+      continue;
+    }
+    const auto close = stat.rfind(')');
+    if (close == std::string::npos) {
+      continue;
+    }
+    std::istringstream rest(stat.substr(close + 1));
+    char state = '\0';
+    int ppid = 0;
+    rest >> state >> ppid;
+    if (ppid == pid && state != 'Z' && state != 'X') {
+      out.push_back(std::stoi(name));
     }
   }
-  return false;
+  return out;
 }
 
 int readPostmasterPid(const std::string& dataDir) {
@@ -90,15 +76,31 @@ int readPostmasterPid(const std::string& dataDir) {
   return pid;
 }
 
-// SIGKILL the postmaster's process group (postmaster + backends; pg_ctl
-// setsid()s the postmaster) and wait until none of them runs any more.
+// SIGKILL the postmaster and all its children, as when the host dies. The
+// children must be named one by one: every PostgreSQL child calls setsid(),
+// so they are not in the postmaster's process group. SIGSTOP first so the
+// postmaster cannot fork while we list its children.
 void killCluster(int pid) {
-  if (pid <= 0) {
+  if (pid <= 0 || !processAlive(pid)) {
     return;
   }
-  ::kill(-pid, SIGKILL);
+  ::kill(pid, SIGSTOP);
+  std::vector<int> victims = childrenOf(pid);
   ::kill(pid, SIGKILL);
-  waitFor([pid] { return !processAlive(pid) && !groupAlive(pid); }, 30s, 10ms);
+  for (const int child : victims) {
+    ::kill(child, SIGKILL);
+  }
+  victims.push_back(pid);
+  waitFor(
+      [&victims] {
+        for (const int v : victims) {
+          if (processAlive(v)) {
+            return false;
+          }
+        }
+        return true;
+      },
+      30s, 5ms);
 }
 
 // pg_ctl stop -m immediate; SIGKILL if that fails.
@@ -121,23 +123,10 @@ void stopClusterDir(const std::string& dataDir) noexcept {
   }
 }
 
-// Clusters left behind by test binaries that died without running
-// destructors (crash, SIGKILL by a ctest timeout): their owner.pid is gone.
+// Clusters (and cert and proxy dirs) left behind by test binaries that died
+// without running destructors (crash, SIGKILL by a ctest timeout).
 void reapAbandonedClusters() {
-  std::error_code ec;
-  for (const auto& entry : fs::directory_iterator(tempRoot(), ec)) {
-    const std::string name = entry.path().filename().string();
-    if (name.rfind(std::string(kDirPrefix) + "-", 0) != 0) {
-      continue;
-    }
-    std::ifstream in(entry.path() / "owner.pid");
-    int owner = 0;
-    if (!(in >> owner) || owner <= 0 || processAlive(owner)) {
-      continue;
-    }
-    stopClusterDir((entry.path() / "data").string());
-    fs::remove_all(entry.path(), ec);
-  }
+  reapAbandonedDirs([](const std::string& dir) { stopClusterDir(dir + "/data"); });
 }
 
 std::string conninfoQuote(const std::string& v) {
@@ -204,16 +193,16 @@ std::string templateDataDir() {
   }
   // Bump kTemplateVersion when the initdb arguments change.
   constexpr int kTemplateVersion = 2;
-  const std::size_t key = std::hash<std::string>{}(
-      initdb + ":" + std::to_string(st.st_mtime) + ":" + std::to_string(kTemplateVersion));
-  const std::string final = tempRoot() + "/pghandoff-pgtemplate-" + std::to_string(::geteuid()) + "-" +
-                            std::to_string(key);
+  const std::size_t key = std::hash<std::string>{}(initdb + ":" + std::to_string(st.st_mtime) +
+                                                   ":" + std::to_string(kTemplateVersion));
+  const std::string final = tempRoot() + "/pghandoff-pgtemplate-" + std::to_string(::geteuid()) +
+                            "-" + std::to_string(key);
   if (fs::exists(final + "/data/PG_VERSION")) {
     return final + "/data";
   }
   const std::string build = makeTempDir(std::string(kDirPrefix) + "-tbuild");
   try {
-    writeFile(build + "/owner.pid", std::to_string(::getpid()) + "\n");
+    markOwned(build);
     chownToUser(build, kServerUser);
     const std::string pwfile = build + "/pwfile";
     writeFile(pwfile, randomHex(32) + "\n", 0600);  // replaced per cluster
@@ -241,7 +230,7 @@ std::string templateDataDir() {
       throw std::runtime_error("initdb failed (exit " + std::to_string(r.exitCode) + "): " + r.err +
                                r.out);
     }
-    ::unlink((build + "/owner.pid").c_str());
+    unmarkOwned(build);
     if (::rename(build.c_str(), final.c_str()) != 0) {
       // Another test binary won the race; its template is as good as ours.
       std::error_code ec;
@@ -314,7 +303,7 @@ PgCluster::PgCluster(ClusterOptions options) : options_(std::move(options)) {
   }
   dir_ = makeTempDir(kDirPrefix);
   try {
-    writeFile(dir_ + "/owner.pid", std::to_string(::getpid()) + "\n");
+    markOwned(dir_);
     chownToUser(dir_, kServerUser);
     superPassword_ = randomHex(32);
     initdb();
@@ -340,7 +329,9 @@ PgCluster::PgCluster(ClusterOptions options) : options_(std::move(options)) {
   }
 }
 
-PgCluster::~PgCluster() { stopImmediate(); }
+PgCluster::~PgCluster() {
+  stopImmediate();
+}
 
 void PgCluster::stopImmediate() noexcept {
   if (dir_.empty()) {
@@ -353,7 +344,9 @@ void PgCluster::stopImmediate() noexcept {
   dir_.clear();
 }
 
-std::string PgCluster::pgBin(const std::string& tool) const { return pgBinDir() + "/" + tool; }
+std::string PgCluster::pgBin(const std::string& tool) const {
+  return pgBinDir() + "/" + tool;
+}
 
 void PgCluster::initdb() {
   // A copy of a pristine template costs ~0.15 s where initdb costs 1-3 s.
@@ -451,8 +444,17 @@ bool PgCluster::tryStart(std::string& failure) {
   }
   const std::size_t logBefore = readFileSize(logFile());
   RunOptions o;
-  o.argv = {pgBin("pg_ctl"), "-D",  dataDir(), "-l", logFile(), "-w", "-t", "60",
-            "-o",            "-p " + std::to_string(port_), "start"};
+  o.argv = {pgBin("pg_ctl"),
+            "-D",
+            dataDir(),
+            "-l",
+            logFile(),
+            "-w",
+            "-t",
+            "60",
+            "-o",
+            "-p " + std::to_string(port_),
+            "start"};
   o.asUser = serverOsUser();
   o.cwd = "/";
   o.timeout = 90s;
@@ -507,9 +509,13 @@ void PgCluster::kill9() {
   running_ = false;
 }
 
-int PgCluster::postmasterPid() const { return readPostmasterPid(dataDir()); }
+int PgCluster::postmasterPid() const {
+  return readPostmasterPid(dataDir());
+}
 
-std::string PgCluster::log() const { return tailFile(logFile(), std::string::npos); }
+std::string PgCluster::log() const {
+  return tailFile(logFile(), std::string::npos);
+}
 
 std::string PgCluster::url(const std::string& db, const std::string& user,
                            const std::optional<std::string>& password,

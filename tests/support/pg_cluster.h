@@ -60,8 +60,9 @@ class PgCluster {
   // pg_ctl stop -m fast -w.
   void stop();
   void restart();
-  // SIGKILL to the postmaster and its backends (its process group, as when a
-  // host dies), waits until the postmaster is gone. start() recovers.
+  // SIGKILL to the postmaster and all its children (backends, checkpointer,
+  // ...) as when the host dies; returns once they are all gone. Clients see
+  // their connections drop at once. start() then runs crash recovery.
   void kill9();
 
   // psql -X -A -t -q -v ON_ERROR_STOP=1 as the superuser over TCP; trimmed

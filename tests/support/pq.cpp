@@ -37,7 +37,9 @@ const std::string& PqResult::value(std::size_t row, std::size_t col) const {
   return rows.at(row).at(col);
 }
 
-bool PqResult::isNull(std::size_t row, std::size_t col) const { return nulls.at(row).at(col); }
+bool PqResult::isNull(std::size_t row, std::size_t col) const {
+  return nulls.at(row).at(col);
+}
 
 PqConn::PqConn(const std::string& conninfo) : state_(std::make_unique<State>()) {
   state_->conn = PQconnectdb(conninfo.c_str());
@@ -57,7 +59,9 @@ PqConn::~PqConn() = default;
 PqConn::PqConn(PqConn&&) noexcept = default;
 PqConn& PqConn::operator=(PqConn&&) noexcept = default;
 
-bool PqConn::ok() const { return state_ && PQstatus(state_->conn) == CONNECTION_OK; }
+bool PqConn::ok() const {
+  return state_ && PQstatus(state_->conn) == CONNECTION_OK;
+}
 
 std::string PqConn::error() const {
   return state_ ? trimmed(PQerrorMessage(state_->conn)) : "moved-from connection";
@@ -104,8 +108,8 @@ PqResult PqConn::exec(const std::string& sql) {
     for (int c = 0; c < nf; ++c) {
       const bool isNull = PQgetisnull(res, r, c) != 0;
       nullRow.push_back(isNull);
-      row.emplace_back(isNull ? std::string() :
-                                std::string(PQgetvalue(res, r, c),
+      row.emplace_back(isNull ? std::string()
+                              : std::string(PQgetvalue(res, r, c),
                                             static_cast<std::size_t>(PQgetlength(res, r, c))));
     }
     out.rows.push_back(std::move(row));
@@ -128,9 +132,13 @@ const std::vector<std::string>& PqConn::notices() const {
   return state_ ? state_->notices : kNone;
 }
 
-int PqConn::backendPid() const { return state_ ? PQbackendPID(state_->conn) : 0; }
+int PqConn::backendPid() const {
+  return state_ ? PQbackendPID(state_->conn) : 0;
+}
 
-pg_conn* PqConn::raw() const { return state_ ? state_->conn : nullptr; }
+pg_conn* PqConn::raw() const {
+  return state_ ? state_->conn : nullptr;
+}
 
 std::string queryOne(const std::string& conninfo, const std::string& sql) {
   PqConn conn(conninfo);

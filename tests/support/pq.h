@@ -13,12 +13,12 @@ struct pg_conn;
 namespace pghandoff::test {
 
 struct PqResult {
-  bool ok = false;             // PGRES_COMMAND_OK / TUPLES_OK / COPY_* / EMPTY_QUERY
-  std::string status;          // PQresStatus(), e.g. "PGRES_TUPLES_OK", "PGRES_FATAL_ERROR"
-  std::string sqlstate;        // PG_DIAG_SQLSTATE of an error, "" on success
-  std::string error;           // primary error message (PG_DIAG_MESSAGE_PRIMARY or PQerrorMessage)
-  std::string commandTag;      // PQcmdStatus(), e.g. "INSERT 0 3"
-  std::string affected;        // PQcmdTuples(), "" when not applicable
+  bool ok = false;         // PGRES_COMMAND_OK / TUPLES_OK / COPY_* / EMPTY_QUERY
+  std::string status;      // PQresStatus(), e.g. "PGRES_TUPLES_OK", "PGRES_FATAL_ERROR"
+  std::string sqlstate;    // PG_DIAG_SQLSTATE of an error, "" on success
+  std::string error;       // primary error message (PG_DIAG_MESSAGE_PRIMARY or PQerrorMessage)
+  std::string commandTag;  // PQcmdStatus(), e.g. "INSERT 0 3"
+  std::string affected;    // PQcmdTuples(), "" when not applicable
   std::vector<std::string> columns;
   std::vector<std::vector<std::string>> rows;  // NULL is "" here ...
   std::vector<std::vector<bool>> nulls;        // ... and true here

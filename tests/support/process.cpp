@@ -7,6 +7,7 @@
 #include <poll.h>
 #include <pwd.h>
 #include <signal.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
@@ -145,7 +146,7 @@ struct ExecPlan {
   }
 
   // In the child. Never returns.
-  [[noreturn]] void exec() const {
+  [[noreturn]] void exec(pid_t parent) const {
     ::setpgid(0, 0);
     ::signal(SIGPIPE, SIG_DFL);
     sigset_t none;
@@ -158,6 +159,12 @@ struct ExecPlan {
       if (::setgroups(0, nullptr) != 0 || ::setgid(user->gid) != 0 || ::setuid(user->uid) != 0) {
         ::_exit(127);
       }
+    }
+    // After setuid(), which clears it. If the parent died before prctl(),
+    // we were already reparented.
+    ::prctl(PR_SET_PDEATHSIG, SIGKILL);
+    if (::getppid() != parent) {
+      ::_exit(127);
     }
     ::execve(path.c_str(), argv.data(), envp.data());
     const ssize_t ignored = ::write(STDERR_FILENO, execError.data(), execError.size());
@@ -256,7 +263,24 @@ AtExitDirs& atExitDirs() {
 
 }  // namespace
 
-bool isRoot() { return ::geteuid() == 0; }
+bool isRoot() {
+  return ::geteuid() == 0;
+}
+
+bool processAlive(int pid) {
+  if (pid <= 0) {
+    return false;
+  }
+  std::ifstream in("/proc/" + std::to_string(pid) + "/stat");
+  std::string stat;
+  if (!in || !std::getline(in, stat)) {
+    return false;
+  }
+  // The state letter follows the last ')', since comm may contain anything.
+  const auto close = stat.rfind(')');
+  const char state = close != std::string::npos && close + 2 < stat.size() ? stat[close + 2] : '?';
+  return state != 'Z' && state != 'X';
+}
 
 ProcessResult run(std::vector<std::string> argv, std::map<std::string, std::string> extraEnv,
                   std::chrono::milliseconds timeout, std::string stdinData) {
@@ -282,6 +306,7 @@ ProcessResult run(const RunOptions& options) {
   makePipe(errRead, errWrite);
   makePipe(inRead, inWrite);
 
+  const pid_t self = ::getpid();
   const pid_t pid = ::fork();
   if (pid < 0) {
     throw std::runtime_error(errnoText("fork"));
@@ -291,7 +316,7 @@ ProcessResult run(const RunOptions& options) {
     ::dup2(inRead.get(), STDIN_FILENO);
     ::dup2(outWrite.get(), STDOUT_FILENO);
     ::dup2(errWrite.get(), STDERR_FILENO);
-    plan.exec();
+    plan.exec(self);
   }
   // Also from the parent, so a kill() of the group cannot race the child's
   // own setpgid().
@@ -351,8 +376,8 @@ ProcessResult run(const RunOptions& options) {
           errRead.close();
         }
       } else if (p.fd == inWrite.get()) {
-        const ssize_t w = ::write(p.fd, options.stdinData.data() + written,
-                                  options.stdinData.size() - written);
+        const ssize_t w =
+            ::write(p.fd, options.stdinData.data() + written, options.stdinData.size() - written);
         if (w > 0) {
           written += static_cast<std::size_t>(w);
         }
@@ -437,6 +462,7 @@ void Process::start(const std::vector<std::string>& argv,
       throw std::runtime_error(errnoText("open " + logFile));
     }
   }
+  const pid_t self = ::getpid();
   const pid_t pid = ::fork();
   if (pid < 0) {
     throw std::runtime_error(errnoText("fork"));
@@ -450,7 +476,7 @@ void Process::start(const std::vector<std::string>& argv,
       ::dup2(log.get(), STDOUT_FILENO);
       ::dup2(log.get(), STDERR_FILENO);
     }
-    plan.exec();
+    plan.exec(self);
   }
   ::setpgid(pid, pid);
   pid_ = pid;
@@ -573,7 +599,9 @@ TempDir::~TempDir() {
   }
 }
 
-std::string TempDir::release() { return std::exchange(path_, {}); }
+std::string TempDir::release() {
+  return std::exchange(path_, {});
+}
 
 std::string tempRoot() {
   const char* env = std::getenv("PGHANDOFF_TEST_TMPDIR");
@@ -590,6 +618,33 @@ std::string makeTempDir(const std::string& prefix, bool removeAtExit) {
     atExitDirs().dirs.push_back(tmpl);
   }
   return tmpl;
+}
+
+void markOwned(const std::string& dir) {
+  writeFile(dir + "/.owner.pid", std::to_string(::getpid()) + "\n");
+}
+
+void unmarkOwned(const std::string& dir) {
+  ::unlink((dir + "/.owner.pid").c_str());
+}
+
+void reapAbandonedDirs(const std::function<void(const std::string&)>& beforeRemove) {
+  std::error_code ec;
+  for (const auto& entry : std::filesystem::directory_iterator(tempRoot(), ec)) {
+    const std::string name = entry.path().filename().string();
+    if (name.rfind("pghandoff-", 0) != 0) {
+      continue;
+    }
+    std::ifstream in(entry.path() / ".owner.pid");
+    int owner = 0;
+    if (!(in >> owner) || owner <= 0 || processAlive(owner)) {
+      continue;
+    }
+    if (beforeRemove) {
+      beforeRemove(entry.path().string());
+    }
+    std::filesystem::remove_all(entry.path(), ec);
+  }
 }
 
 std::string readFile(const std::string& path) {

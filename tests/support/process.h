@@ -47,7 +47,10 @@ ProcessResult run(std::vector<std::string> argv, std::map<std::string, std::stri
 ProcessResult run(const RunOptions& options);
 
 // A long-running child in its own process group. The destructor terminates
-// it: SIGTERM, then SIGKILL to the group after 5 s.
+// it: SIGTERM, then SIGKILL to the group after 5 s. Children of run() and
+// Process get SIGKILL if the thread that started them dies (PR_SET_PDEATHSIG),
+// so a crashed test binary leaves no proxy behind: start long-running
+// children from a thread that outlives them (the test's own thread).
 class Process {
  public:
   static constexpr int kStillRunning = -1;
@@ -118,11 +121,24 @@ std::string tempRoot();
 // removeAtExit is set (it is then removed when the test process exits normally).
 std::string makeTempDir(const std::string& prefix, bool removeAtExit = false);
 
+// Marks dir as owned by this test process (a .owner.pid file), so that
+// reapAbandonedDirs() in a later test binary removes it if we die without
+// cleaning up; unmarkOwned() undoes it.
+void markOwned(const std::string& dir);
+void unmarkOwned(const std::string& dir);
+// For each <tempRoot()>/pghandoff-* dir marked by a process that no longer
+// exists: beforeRemove(dir) (e.g. stop a server), then remove it.
+void reapAbandonedDirs(const std::function<void(const std::string&)>& beforeRemove = {});
+
 // Whole file as a string (throws std::runtime_error if unreadable), and the
 // last maxBytes of it ("" if unreadable) for error messages.
 std::string readFile(const std::string& path);
 std::string tailFile(const std::string& path, std::size_t maxBytes = 4000);
 void writeFile(const std::string& path, const std::string& content, unsigned mode = 0644);
+
+// True while pid exists and is not a zombie (orphans may never be reaped in
+// a container whose init does not wait()).
+[[nodiscard]] bool processAlive(int pid);
 
 // chown path to the OS user (no-op when not root).
 void chownToUser(const std::string& path, const std::string& user);

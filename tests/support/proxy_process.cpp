@@ -100,7 +100,7 @@ std::string yamlQuote(const std::string& s) {
 struct Sample {
   std::string name;
   std::vector<std::pair<std::string, std::string>> labels;  // sorted
-  std::string rest;                                          // after the labels
+  std::string rest;                                         // after the labels
 };
 
 // `name{a="x",b="y"} rest`; nullopt if malformed.
@@ -226,9 +226,9 @@ HttpResponse httpRequest(uint16_t port, const std::string& method, const std::st
     if (errno == ECONNRESET && !raw.empty()) {
       break;
     }
-    throw std::runtime_error(std::string("httpRequest: recv: ") +
-                             (errno == EAGAIN || errno == EWOULDBLOCK ? "timed out"
-                                                                      : std::strerror(errno)));
+    throw std::runtime_error(
+        std::string("httpRequest: recv: ") +
+        (errno == EAGAIN || errno == EWOULDBLOCK ? "timed out" : std::strerror(errno)));
   }
   const auto headEnd = raw.find("\r\n\r\n");
   if (headEnd == std::string::npos) {
@@ -321,6 +321,7 @@ std::string databaseOf(const std::string& u) {
 
 ProxyProcess::ProxyProcess(ProxyOptions options)
     : options_(std::move(options)), dir_("pghandoff-proxy") {
+  markOwned(dir_.path());
   ::mkdir(stateDir().c_str(), 0700);
   std::string failure;
   for (int attempt = 0;; ++attempt) {
@@ -338,7 +339,9 @@ ProxyProcess::ProxyProcess(ProxyOptions options)
   }
 }
 
-ProxyProcess::~ProxyProcess() { process_.terminate(); }
+ProxyProcess::~ProxyProcess() {
+  process_.terminate();
+}
 
 std::string ProxyProcess::configYaml() const {
   std::ostringstream y;
@@ -360,8 +363,7 @@ std::string ProxyProcess::configYaml() const {
   } else {
     y << "  users:\n";
     for (const auto& [name, password] : options_.users) {
-      y << "    - name: " << yamlQuote(name) << "\n      password: " << yamlQuote(password)
-        << "\n";
+      y << "    - name: " << yamlQuote(name) << "\n      password: " << yamlQuote(password) << "\n";
     }
   }
   y << "admin:\n  listen: " << yamlQuote("127.0.0.1:" + std::to_string(adminPort_))
@@ -375,7 +377,9 @@ std::string ProxyProcess::configYaml() const {
   return y.str();
 }
 
-void ProxyProcess::writeConfig() const { writeFile(configFile(), configYaml(), 0600); }
+void ProxyProcess::writeConfig() const {
+  writeFile(configFile(), configYaml(), 0600);
+}
 
 bool ProxyProcess::startOnce(std::string& failure) {
   const std::size_t logBefore = log().size();
@@ -467,13 +471,21 @@ double ProxyProcess::metric(const std::string& nameWithLabels) {
   return findMetric(metrics(), nameWithLabels);
 }
 
-bool ProxyProcess::signal(int sig) { return process_.signal(sig); }
+bool ProxyProcess::signal(int sig) {
+  return process_.signal(sig);
+}
 
-int ProxyProcess::waitExit(std::chrono::milliseconds timeout) { return process_.wait(timeout); }
+int ProxyProcess::waitExit(std::chrono::milliseconds timeout) {
+  return process_.wait(timeout);
+}
 
-bool ProxyProcess::running() { return process_.running(); }
+bool ProxyProcess::running() {
+  return process_.running();
+}
 
-int ProxyProcess::stop() { return process_.terminate(); }
+int ProxyProcess::stop() {
+  return process_.terminate();
+}
 
 void ProxyProcess::restart() {
   stop();
@@ -483,6 +495,8 @@ void ProxyProcess::restart() {
   }
 }
 
-std::string ProxyProcess::log() const { return tailFile(logFile(), std::string::npos); }
+std::string ProxyProcess::log() const {
+  return tailFile(logFile(), std::string::npos);
+}
 
 }  // namespace pghandoff::test

@@ -38,9 +38,9 @@ double findMetric(const std::string& exposition, const std::string& nameWithLabe
 
 struct ProxyOptions {
   std::string sourceUrl;
-  std::string targetUrl;               // omitted from the config when empty
-  std::string tlsMode = "disable";     // client_tls.mode: disable|prefer|require
-  std::string certFile, keyFile;       // client_tls.cert / key, omitted when empty
+  std::string targetUrl;            // omitted from the config when empty
+  std::string tlsMode = "disable";  // client_tls.mode: disable|prefer|require
+  std::string certFile, keyFile;    // client_tls.cert / key, omitted when empty
   std::string authMethod = "scram-sha-256";
   std::vector<std::pair<std::string, std::string>> users = {{"app", "app-secret"}};
   std::string adminToken = "test-admin-token";

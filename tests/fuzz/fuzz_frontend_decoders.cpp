@@ -1,0 +1,131 @@
+// libFuzzer target: the frontend body decoders the proxy runs on client input
+// (protocol/frontend.h): decodePasswordBody, decodeSaslInitialBody,
+// decodeQueryBody (RELIABILITY B25, B27, B37).
+//
+// Input layout: one message body (what follows the 5-byte header), handed to
+// every decoder in an exact-size copy so ASan reports any overread.
+//
+// Checked: each decoder accepts exactly the layout the protocol defines, the
+// views it returns lie inside the body, and what decodes re-encodes to the
+// very same message.
+//
+// Violations end in __builtin_trap(), so the same file works under libFuzzer
+// and in the g++ corpus replay (tests/fuzz/replay), in every build type.
+#include <algorithm>
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <string_view>
+#include <vector>
+
+#include "protocol/buffer.h"
+#include "protocol/frontend.h"
+
+#define FUZZ_REQUIRE(cond)  \
+  do {                      \
+    if (!(cond)) {          \
+      __builtin_trap();     \
+    }                       \
+  } while (false)
+
+namespace pghandoff::test {
+namespace {
+
+namespace proto = pghandoff::protocol;
+using proto::Bytes;
+
+// An exact-size heap copy, so ASan reports any read past its end. Its data()
+// is never null, even when empty, like a view into the relay's receive buffer:
+// an empty span with a null data() trips Reader::cstring() in
+// protocol/buffer.h (memchr on a null pointer, UB; see tests/fuzz/README.md).
+class ExactCopy {
+ public:
+  explicit ExactCopy(Bytes b) : data_(new std::uint8_t[b.size()]), size_(b.size()) {
+    std::copy(b.begin(), b.end(), data_.get());
+  }
+  [[nodiscard]] Bytes bytes() const { return {data_.get(), size_}; }
+
+ private:
+  std::unique_ptr<std::uint8_t[]> data_;
+  std::size_t size_;
+};
+
+std::uint32_t bigEndian32(Bytes b) {
+  return (std::uint32_t{b[0]} << 24) | (std::uint32_t{b[1]} << 16) | (std::uint32_t{b[2]} << 8) |
+         std::uint32_t{b[3]};
+}
+
+bool bytesEqual(Bytes a, Bytes b) { return std::equal(a.begin(), a.end(), b.begin(), b.end()); }
+
+// The body of one message an encoder wrote, after checking its type and that
+// its length field matches what was written.
+Bytes encodedBody(const std::vector<std::uint8_t>& out, char type) {
+  FUZZ_REQUIRE(out.size() >= 5 && out[0] == static_cast<std::uint8_t>(type));
+  FUZZ_REQUIRE(bigEndian32(Bytes(out).subspan(1, 4)) == out.size() - 1);
+  return Bytes(out).subspan(5);
+}
+
+bool inside(std::string_view view, Bytes body) {
+  const auto* p = reinterpret_cast<const std::uint8_t*>(view.data());
+  return view.empty() || (p >= body.data() && p + view.size() <= body.data() + body.size());
+}
+
+// One C string filling the whole body: exactly one NUL, the last byte.
+bool isSingleCString(Bytes body) {
+  return !body.empty() && body.back() == 0 &&
+         std::find(body.begin(), body.end() - 1, 0) == body.end() - 1;
+}
+
+void checkPassword(Bytes body) {
+  const auto s = proto::decodePasswordBody(body);
+  FUZZ_REQUIRE(s.has_value() == isSingleCString(body));
+  if (!s) return;
+  FUZZ_REQUIRE(inside(*s, body) && s->size() + 1 == body.size());
+  std::vector<std::uint8_t> out;
+  proto::encodePassword(*s, out);
+  FUZZ_REQUIRE(bytesEqual(encodedBody(out, 'p'), body));
+}
+
+void checkQuery(Bytes body) {
+  const auto sql = proto::decodeQueryBody(body);
+  // B37: a missing terminator or an embedded NUL is refused.
+  FUZZ_REQUIRE(sql.has_value() == isSingleCString(body));
+  if (!sql) return;
+  FUZZ_REQUIRE(inside(*sql, body) && sql->size() + 1 == body.size());
+  std::vector<std::uint8_t> out;
+  proto::encodeQuery(*sql, out);
+  FUZZ_REQUIRE(bytesEqual(encodedBody(out, 'Q'), body));
+}
+
+void checkSaslInitial(Bytes body) {
+  const auto s = proto::decodeSaslInitialBody(body);
+  if (!s) return;
+  // mechanism NUL Int32 [data]
+  FUZZ_REQUIRE(inside(s->mechanism, body));
+  FUZZ_REQUIRE(s->mechanism.find('\0') == std::string_view::npos);
+  const std::size_t header = s->mechanism.size() + 1 + 4;
+  FUZZ_REQUIRE(body.size() >= header);
+  if (!s->data) {
+    // Length -1: no data at all.
+    FUZZ_REQUIRE(body.size() == header && bigEndian32(body.subspan(header - 4)) == 0xffffffffu);
+    return;
+  }
+  FUZZ_REQUIRE(body.size() == header + s->data->size());
+  FUZZ_REQUIRE(s->data->empty() || s->data->data() == body.data() + header);
+  std::vector<std::uint8_t> out;
+  proto::encodeSaslInitial(s->mechanism, proto::asString(*s->data), out);
+  FUZZ_REQUIRE(bytesEqual(encodedBody(out, 'p'), body));
+}
+
+}  // namespace
+}  // namespace pghandoff::test
+
+extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
+  using namespace pghandoff::test;
+  const ExactCopy copy(pghandoff::protocol::Bytes(data, size));
+  const pghandoff::protocol::Bytes body = copy.bytes();
+  checkPassword(body);
+  checkQuery(body);
+  checkSaslInitial(body);
+  return 0;
+}
