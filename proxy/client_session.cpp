@@ -56,13 +56,15 @@ ClientSession::~ClientSession() {
 }
 
 ClientSession::Info ClientSession::info() const {
+  auto st = static_cast<SessionState>(publicState_.load(std::memory_order_acquire));
+  bool named = st != SessionState::kStartup;
   return Info{id_,
-              toString(static_cast<SessionState>(publicState_.load(std::memory_order_relaxed))),
-              machine_.transactionStatus(),
-              user_,
-              applicationName_,
+              toString(st),
+              publicTx_.load(std::memory_order_relaxed),
+              named ? user_ : std::string(),
+              named ? applicationName_ : std::string(),
               clientAddress_,
-              client_.isTls()};
+              named && client_.isTls()};
 }
 
 awaitable<void> ClientSession::run() {
@@ -76,7 +78,7 @@ awaitable<void> ClientSession::run() {
     metrics().serverConnections(Side::kSource).dec();
   }
   machine_.closed();
-  publicState_.store(static_cast<int>(SessionState::kClosed), std::memory_order_relaxed);
+  publicState_.store(static_cast<int>(SessionState::kClosed), std::memory_order_release);
   registry_.remove(this, proxyKey_);
   spdlog::debug("session {}: closed", id_);
 }
@@ -107,7 +109,7 @@ awaitable<void> ClientSession::runInner() {
   }
   if (!ok) co_return;
 
-  publicState_.store(static_cast<int>(SessionState::kIdle), std::memory_order_relaxed);
+  publicState_.store(static_cast<int>(SessionState::kIdle), std::memory_order_release);
   // The relay: one coroutine per direction; whichever ends first closes the
   // sockets so that the other ends too.
   using namespace asio::experimental::awaitable_operators;
@@ -260,7 +262,7 @@ awaitable<bool> ClientSession::startupPhase() {
   }
 
   machine_.startAuthentication();
-  publicState_.store(static_cast<int>(SessionState::kAuthenticating), std::memory_order_relaxed);
+  publicState_.store(static_cast<int>(SessionState::kAuthenticating), std::memory_order_release);
   if (!co_await authenticate()) co_return false;
 
   if (database_ != rt_->source.dbname) {
@@ -271,7 +273,7 @@ awaitable<bool> ClientSession::startupPhase() {
   }
 
   machine_.startConnecting();
-  publicState_.store(static_cast<int>(SessionState::kConnecting), std::memory_order_relaxed);
+  publicState_.store(static_cast<int>(SessionState::kConnecting), std::memory_order_release);
   co_return co_await connectSource();
 }
 
@@ -496,7 +498,7 @@ awaitable<void> ClientSession::clientToServer() {
           }
           return true;
         });
-    publicState_.store(static_cast<int>(machine_.state()), std::memory_order_relaxed);
+    publish();
     if (res.status == RelayBuffer::ScanStatus::kError) {
       // B33-B36: the stream cannot be trusted any more.
       metrics().clientConnectionsRejectedTotal(RejectReason::kProtocol).inc();
@@ -592,7 +594,7 @@ awaitable<void> ClientSession::serverToClient() {
           }
           return true;
         });
-    publicState_.store(static_cast<int>(machine_.state()), std::memory_order_relaxed);
+    publish();
     if (res.status == RelayBuffer::ScanStatus::kError || outOfSync) {
       // B50: the server's stream cannot be trusted; forward nothing more.
       spdlog::error("session {}: lost synchronization with the source ({})", id_,

@@ -113,7 +113,15 @@ class ClientSession : public std::enable_shared_from_this<ClientSession> {
   std::array<std::chrono::steady_clock::time_point, 64> sent_{};
   std::uint32_t sentHead_ = 0, sentCount_ = 0;
 
-  std::atomic<int> publicState_{0};  // SessionState for info()
+  // What info() may read from other threads. user_, applicationName_ and
+  // clientAddress_ are written before publicState_ leaves kStartup (release)
+  // and read only after (acquire).
+  std::atomic<int> publicState_{0};
+  std::atomic<char> publicTx_{'I'};
+  void publish() {
+    publicState_.store(static_cast<int>(machine_.state()), std::memory_order_release);
+    publicTx_.store(machine_.transactionStatus(), std::memory_order_relaxed);
+  }
 };
 
 }  // namespace pghandoff::proxy

@@ -68,7 +68,7 @@ for target in "${targets[@]}"; do
       -max_total_time="$seconds" -timeout=2 -rss_limit_mb=2048 -max_len=4096 \
       -artifact_prefix="$artifacts/" -print_final_stats=1 ${FUZZ_EXTRA_ARGS:-} \
       >"$work_dir/$name/log.txt" 2>&1; then
-    grep -E '^stat::number_of_executed_units|^Done' "$work_dir/$name/log.txt" || true
+    grep -E '^Done|^stat::(average_exec_per_sec|new_units_added|peak_rss_mb)' "$work_dir/$name/log.txt" || true
   else
     echo "!! $target FAILED; log: $work_dir/$name/log.txt, reproducer(s):" >&2
     ls "$artifacts" >&2 || true

@@ -31,11 +31,11 @@
 #include "protocol/error.h"
 #include "protocol/frame.h"
 
-#define FUZZ_REQUIRE(cond)  \
-  do {                      \
-    if (!(cond)) {          \
-      __builtin_trap();     \
-    }                       \
+#define FUZZ_REQUIRE(cond) \
+  do {                     \
+    if (!(cond)) {         \
+      __builtin_trap();    \
+    }                      \
   } while (false)
 
 namespace pghandoff::test {
@@ -92,7 +92,9 @@ std::uint32_t bigEndian32(Bytes b) {
          std::uint32_t{b[3]};
 }
 
-bool bytesEqual(Bytes a, Bytes b) { return std::equal(a.begin(), a.end(), b.begin(), b.end()); }
+bool bytesEqual(Bytes a, Bytes b) {
+  return std::equal(a.begin(), a.end(), b.begin(), b.end());
+}
 
 // The body of one message an encoder wrote, after checking that its length
 // field matches what was written.
@@ -109,10 +111,10 @@ bool inside(std::string_view view, Bytes body) {
 
 FrameHeader checkedHeader(Bytes window, std::uint32_t maxLength) {
   const FrameHeader h = proto::parseBackendHeader(window, maxLength);
-  FUZZ_REQUIRE(sameHeader(h, parseCopy(window.first(std::min(window.size(), kWindowCap)),
-                                       maxLength)));
-  FUZZ_REQUIRE(sameHeader(h, parseCopy(window.first(std::min<std::size_t>(window.size(), 5)),
-                                       maxLength)));
+  FUZZ_REQUIRE(
+      sameHeader(h, parseCopy(window.first(std::min(window.size(), kWindowCap)), maxLength)));
+  FUZZ_REQUIRE(
+      sameHeader(h, parseCopy(window.first(std::min<std::size_t>(window.size(), 5)), maxLength)));
   for (std::size_t k = 0; k < std::min<std::size_t>(window.size(), 5); ++k) {
     const FrameHeader partial = parseCopy(window.first(k), maxLength);
     FUZZ_REQUIRE(partial.status == FrameStatus::kNeedMore || sameHeader(partial, h));
@@ -174,8 +176,12 @@ void checkAuth(Bytes body) {
   FUZZ_REQUIRE(body.size() >= 4);
   std::vector<std::uint8_t> out;
   switch (static_cast<proto::AuthCode>(a->code)) {
-    case proto::AuthCode::kOk: proto::encodeAuthOk(out); break;
-    case proto::AuthCode::kCleartextPassword: proto::encodeAuthCleartext(out); break;
+    case proto::AuthCode::kOk:
+      proto::encodeAuthOk(out);
+      break;
+    case proto::AuthCode::kCleartextPassword:
+      proto::encodeAuthCleartext(out);
+      break;
     case proto::AuthCode::kMd5Password:
       FUZZ_REQUIRE(a->md5Salt.size() == 4);
       proto::encodeAuthMd5(a->md5Salt.data(), out);

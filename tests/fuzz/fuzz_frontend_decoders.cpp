@@ -21,11 +21,11 @@
 #include "protocol/buffer.h"
 #include "protocol/frontend.h"
 
-#define FUZZ_REQUIRE(cond)  \
-  do {                      \
-    if (!(cond)) {          \
-      __builtin_trap();     \
-    }                       \
+#define FUZZ_REQUIRE(cond) \
+  do {                     \
+    if (!(cond)) {         \
+      __builtin_trap();    \
+    }                      \
   } while (false)
 
 namespace pghandoff::test {
@@ -55,7 +55,9 @@ std::uint32_t bigEndian32(Bytes b) {
          std::uint32_t{b[3]};
 }
 
-bool bytesEqual(Bytes a, Bytes b) { return std::equal(a.begin(), a.end(), b.begin(), b.end()); }
+bool bytesEqual(Bytes a, Bytes b) {
+  return std::equal(a.begin(), a.end(), b.begin(), b.end());
+}
 
 // The body of one message an encoder wrote, after checking its type and that
 // its length field matches what was written.

@@ -25,11 +25,11 @@
 #include "protocol/buffer.h"
 #include "protocol/frame.h"
 
-#define FUZZ_REQUIRE(cond)  \
-  do {                      \
-    if (!(cond)) {          \
-      __builtin_trap();     \
-    }                       \
+#define FUZZ_REQUIRE(cond) \
+  do {                     \
+    if (!(cond)) {         \
+      __builtin_trap();    \
+    }                      \
   } while (false)
 
 namespace pghandoff::test {
@@ -92,10 +92,10 @@ FrameHeader checkedHeader(Bytes window, std::uint32_t maxLength) {
   const FrameHeader h = proto::parseFrontendHeader(window, maxLength);
   // Only the header matters: the same answer from an exact-size copy of a
   // bounded window, and from the first 5 bytes alone.
-  FUZZ_REQUIRE(sameHeader(h, parseCopy(window.first(std::min(window.size(), kWindowCap)),
-                                       maxLength)));
-  FUZZ_REQUIRE(sameHeader(h, parseCopy(window.first(std::min<std::size_t>(window.size(), 5)),
-                                       maxLength)));
+  FUZZ_REQUIRE(
+      sameHeader(h, parseCopy(window.first(std::min(window.size(), kWindowCap)), maxLength)));
+  FUZZ_REQUIRE(
+      sameHeader(h, parseCopy(window.first(std::min<std::size_t>(window.size(), 5)), maxLength)));
   // A partial header either waits for more or already gives the final verdict
   // (an unknown type is known from the first byte).
   for (std::size_t k = 0; k < std::min<std::size_t>(window.size(), 5); ++k) {

@@ -35,11 +35,11 @@
 #include "protocol/crypto.h"
 #include "protocol/scram.h"
 
-#define FUZZ_REQUIRE(cond)  \
-  do {                      \
-    if (!(cond)) {          \
-      __builtin_trap();     \
-    }                       \
+#define FUZZ_REQUIRE(cond) \
+  do {                     \
+    if (!(cond)) {         \
+      __builtin_trap();    \
+    }                      \
   } while (false)
 
 namespace pghandoff::test {
@@ -96,10 +96,14 @@ bool isBase64Char(char c) {
          c == '/' || c == '=';
 }
 
-void checkFailure(const proto::AuthFailure& f) {
+// peerInput: everything the peer sent. A message may quote the peer (sanitised),
+// so it may only contain the password if the peer sent it.
+void checkFailure(const proto::AuthFailure& f, std::string_view peerInput) {
   FUZZ_REQUIRE(f.sqlstate != nullptr && std::string_view(f.sqlstate).size() == 5);
   FUZZ_REQUIRE(!f.message.empty());
-  FUZZ_REQUIRE(f.message.find(kPassword) == std::string::npos);
+  if (peerInput.find(kPassword) == std::string_view::npos) {
+    FUZZ_REQUIRE(f.message.find(kPassword) == std::string::npos);
+  }
 }
 
 // The keys derived from the password, computed here from the crypto.h
@@ -174,9 +178,9 @@ void checkDeservedSuccess(bool tls, std::string_view mechanism, std::string_view
 }
 
 // Returns whether the step succeeded.
-bool checkStep(const std::variant<std::string, proto::AuthFailure>& r) {
+bool checkStep(const std::variant<std::string, proto::AuthFailure>& r, std::string_view peerInput) {
   if (const auto* f = std::get_if<proto::AuthFailure>(&r)) {
-    checkFailure(*f);
+    checkFailure(*f, peerInput);
     return false;
   }
   return true;
@@ -190,8 +194,8 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   if (size < 1) return 0;
   const bool tls = (data[0] & 1u) != 0;
   const bool mock = (data[0] & 2u) != 0;
-  const std::vector<std::string_view> pieces =
-      splitPieces(std::string_view(reinterpret_cast<const char*>(data + 1), size - 1));
+  const std::string_view input(reinterpret_cast<const char*>(data + 1), size - 1);
+  const std::vector<std::string_view> pieces = splitPieces(input);
 
   proto::ScramServer server("user", verifier(), mock,
                             tls ? channelBindingData() : std::vector<std::uint8_t>{});
@@ -208,10 +212,9 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   const std::string mechanism(pieces[0]);
   const std::string clientFirst(pieces.size() > 1 ? pieces[1] : std::string_view{});
   const auto first = server.clientFirst(mechanism, clientFirst);
-  const bool firstOk = checkStep(first);
+  const bool firstOk = checkStep(first, input);
   if (firstOk) {
-    FUZZ_REQUIRE(mechanism == proto::kScramSha256 ||
-                 (tls && mechanism == proto::kScramSha256Plus));
+    FUZZ_REQUIRE(mechanism == proto::kScramSha256 || (tls && mechanism == proto::kScramSha256Plus));
     FUZZ_REQUIRE(!clientFirst.empty() && clientFirst.size() <= proto::kScramMaxMessage);
     // r=<client nonce><server nonce>,s=<salt>,i=<iterations>
     const std::string& sf = std::get<std::string>(first);
@@ -226,7 +229,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   if (pieces.size() > 2) {
     const std::string clientFinal(pieces[2]);
     const auto fin = server.clientFinal(clientFinal);
-    finalOk = checkStep(fin);
+    finalOk = checkStep(fin, input);
     if (finalOk) {
       FUZZ_REQUIRE(firstOk && !mock);
       // v=base64(32-byte ServerSignature)
@@ -242,16 +245,16 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     }
   } else {
     // No client-final-message in the input: an empty one must be refused.
-    FUZZ_REQUIRE(!checkStep(server.clientFinal("")));
+    FUZZ_REQUIRE(!checkStep(server.clientFinal(""), input));
   }
 
   // Whatever happened, the exchange is over: every further step fails.
   for (std::size_t i = 3; i < pieces.size(); ++i) {
     const std::string extra(pieces[i]);
     if (i % 2 == 1) {
-      FUZZ_REQUIRE(!checkStep(server.clientFirst(proto::kScramSha256, extra)));
+      FUZZ_REQUIRE(!checkStep(server.clientFirst(proto::kScramSha256, extra), input));
     } else {
-      FUZZ_REQUIRE(!checkStep(server.clientFinal(extra)));
+      FUZZ_REQUIRE(!checkStep(server.clientFinal(extra), input));
     }
   }
   return 0;

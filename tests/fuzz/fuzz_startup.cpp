@@ -29,11 +29,11 @@
 #include "protocol/frame.h"
 #include "protocol/startup.h"
 
-#define FUZZ_REQUIRE(cond)  \
-  do {                      \
-    if (!(cond)) {          \
-      __builtin_trap();     \
-    }                       \
+#define FUZZ_REQUIRE(cond) \
+  do {                     \
+    if (!(cond)) {         \
+      __builtin_trap();    \
+    }                      \
   } while (false)
 
 namespace pghandoff::test {
@@ -74,7 +74,9 @@ std::uint32_t bigEndian32(Bytes b) {
          std::uint32_t{b[3]};
 }
 
-bool bytesEqual(Bytes a, Bytes b) { return std::equal(a.begin(), a.end(), b.begin(), b.end()); }
+bool bytesEqual(Bytes a, Bytes b) {
+  return std::equal(a.begin(), a.end(), b.begin(), b.end());
+}
 
 StartupHeader checkedHeader(Bytes in) {
   const StartupHeader h = parseCopy(in);
@@ -134,9 +136,9 @@ void checkStartup(Bytes packet) {
 
 void checkCancel(Bytes packet) {
   const auto c = proto::decodeCancel(packet);
-  const bool valid = packet.size() == 16 && bigEndian32(packet) == 16 &&
-                     bigEndian32(packet.subspan(4)) ==
-                         static_cast<std::uint32_t>(proto::kCancelRequestCode);
+  const bool valid =
+      packet.size() == 16 && bigEndian32(packet) == 16 &&
+      bigEndian32(packet.subspan(4)) == static_cast<std::uint32_t>(proto::kCancelRequestCode);
   FUZZ_REQUIRE(c.has_value() == valid);
   if (!c) return;
   std::vector<std::uint8_t> out;

@@ -423,32 +423,31 @@ TEST_F(TlsCluster, UntrustedRootIsRefused) {
   EXPECT_NE(self.exitCode, 0);
 }
 
-TEST(Md5Cluster, Md5AuthWorks) {
-  ClusterOptions o;
-  o.hbaMethod = "md5";
-  PgCluster c(o);
-  c.createRole("legacy", "old-pass");
-  EXPECT_EQ(c.psql("SELECT left(rolpassword, 3) FROM pg_authid WHERE rolname = 'legacy'"), "md5");
-  EXPECT_EQ(c.psql("SELECT auth_method FROM pg_hba_file_rules WHERE type = 'host' "
-                   "AND 'all' = ANY(database)"),
-            "md5");
-  EXPECT_EQ(queryOne(c.url("postgres", "legacy", "old-pass"), "SELECT current_user"), "legacy");
-  PqConn bad(c.url("postgres", "legacy", "nope"));
-  EXPECT_FALSE(bad.ok());
-  EXPECT_NE(bad.error().find("password authentication failed"), std::string::npos);
-}
-
-TEST(ClusterLifecycle, DestructorRemovesEverything) {
+// Also the lifecycle: the destructor stops the server and removes its dir.
+TEST(Md5Cluster, Md5AuthWorksAndDestructorCleansUp) {
   std::string dir;
-  int pid = 0;
+  int postmaster = 0;
   {
-    PgCluster c;
+    ClusterOptions o;
+    o.hbaMethod = "md5";
+    PgCluster c(o);
     dir = c.dir();
-    pid = c.postmasterPid();
+    postmaster = c.postmasterPid();
     EXPECT_TRUE(std::filesystem::exists(c.dataDir() + "/PG_VERSION"));
+    c.createRole("legacy", "old-pass");
+    EXPECT_EQ(c.psql("SELECT left(rolpassword, 3) FROM pg_authid WHERE rolname = 'legacy'"), "md5");
+    EXPECT_EQ(c.psql("SELECT auth_method FROM pg_hba_file_rules WHERE type = 'host' "
+                     "AND 'all' = ANY(database)"),
+              "md5");
+    EXPECT_EQ(queryOne(c.url("postgres", "legacy", "old-pass"), "SELECT current_user"), "legacy");
+    // The superuser's password was set after password_encryption = md5.
+    EXPECT_EQ(queryOne(c.url(), "SELECT current_user"), "postgres");
+    PqConn bad(c.url("postgres", "legacy", "nope"));
+    EXPECT_FALSE(bad.ok());
+    EXPECT_NE(bad.error().find("password authentication failed"), std::string::npos);
   }
   EXPECT_FALSE(std::filesystem::exists(dir));
-  EXPECT_TRUE(pidGone(pid));
+  EXPECT_TRUE(pidGone(postmaster));
 }
 
 // ---- the proxy binary --------------------------------------------------------------

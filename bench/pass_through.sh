@@ -1,0 +1,280 @@
+#!/usr/bin/env bash
+# Pass-through benchmark: what does putting pghandoff (phase source-only) in
+# front of PostgreSQL cost, next to connecting directly and next to PgBouncer
+# in session mode? Not a test: it asserts nothing, it prints numbers side by
+# side from one run on one machine. See bench/README.md for how to read them.
+#
+# One throwaway PostgreSQL 15 server (pgbench -i -s 10), PgBouncer and
+# pghandoff in front of it. For each client count (1, 8, 32) it runs
+# `pgbench -n -S -M extended -T $BENCH_SECONDS` against direct, pgbouncer and
+# pghandoff in turn, then one TPC-B-like run (-M prepared) at 8 clients per
+# target; the whole round is repeated $BENCH_REPEAT times (interleaved, so
+# drift of the machine hits all targets alike) and the medians are printed.
+#
+# Env: BENCH_SECONDS (default 10), BENCH_REPEAT (default 3),
+#      BENCH_NO_BUILD=1 to skip `scripts/build.sh release`.
+# Runs as root (PostgreSQL and PgBouncer then run as the `postgres` user) or
+# as a normal user.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+DURATION="${BENCH_SECONDS:-10}"
+REPEAT="${BENCH_REPEAT:-3}"
+CLIENT_COUNTS=(1 8 32)
+TPCB_CLIENTS=8
+TARGETS=(direct pgbouncer pghandoff)
+PGBIN=/usr/lib/postgresql/15/bin
+PGBOUNCER=/usr/sbin/pgbouncer
+BIN="$PWD/build/release/cli/pghandoff"
+
+for n in DURATION REPEAT; do
+  [[ "${!n}" =~ ^[1-9][0-9]*$ ]] || { echo "$n must be a positive integer" >&2; exit 2; }
+done
+for f in "$PGBIN/initdb" "$PGBIN/pg_ctl" "$PGBIN/pgbench" "$PGBIN/psql" "$PGBOUNCER"; do
+  [ -x "$f" ] || { echo "missing $f (scripts/install-deps.sh; Debian package pgbouncer)" >&2; exit 2; }
+done
+
+if [ "${BENCH_NO_BUILD:-0}" != 1 ]; then
+  echo "== building (scripts/build.sh release)" >&2
+  if ! build_out=$(scripts/build.sh release 2>&1); then
+    # The benchmark needs only the executable: a broken test target elsewhere
+    # in the tree should not stop it, a broken pghandoff should.
+    printf '%s\n' "$build_out" | grep -E 'FAILED|error:' | head -5 >&2
+    echo "== full build failed; building only the pghandoff target" >&2
+    if ! build_out=$(cmake --build --preset release --target pghandoff -j "$(nproc)" 2>&1); then
+      printf '%s\n' "$build_out" | tail -30 >&2
+      echo "build of pghandoff failed" >&2
+      exit 1
+    fi
+  fi
+fi
+[ -x "$BIN" ] || { echo "missing $BIN" >&2; exit 2; }
+
+is_root() { [ "$(id -u)" = 0 ]; }
+as_pg() { if is_root; then runuser -u postgres -- "$@"; else "$@"; fi; }
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+work=$(mktemp -d /tmp/pghandoff-bench.XXXXXX)
+chmod 755 "$work"
+is_root && chown postgres "$work"
+
+proxy_pid=""
+bouncer_pid=""
+cleanup() {
+  set +e
+  if [ -n "$proxy_pid" ]; then
+    kill -TERM "$proxy_pid" 2>/dev/null && wait "$proxy_pid" 2>/dev/null
+  fi
+  if [ -z "$bouncer_pid" ] && [ -s "$work/pgbouncer.pid" ]; then
+    bouncer_pid=$(cat "$work/pgbouncer.pid")
+  fi
+  if [ -n "$bouncer_pid" ]; then
+    kill -INT "$bouncer_pid" 2>/dev/null  # SIGINT: shut down now (SIGTERM waits for clients)
+    for _ in $(seq 50); do kill -0 "$bouncer_pid" 2>/dev/null || break; sleep 0.1; done
+    kill -KILL "$bouncer_pid" 2>/dev/null
+  fi
+  [ -d "$work/pg" ] && as_pg "$PGBIN/pg_ctl" -D "$work/pg" -m immediate stop >/dev/null 2>&1
+  rm -rf "$work"
+}
+trap cleanup EXIT
+# A non-interactive shell's background jobs ignore SIGINT, so Ctrl-C must go
+# through the EXIT trap to stop pghandoff and PgBouncer.
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+src_pw=$(openssl rand -hex 12)
+app_pw=$(openssl rand -hex 12)
+token=$(openssl rand -hex 16)
+(umask 077; echo "$src_pw" > "$work/pw")
+is_root && chown postgres "$work/pw"
+
+# --- the machine --------------------------------------------------------------
+echo "== machine"
+echo "nproc:      $(nproc)"
+echo "cpu:        $(awk -F': ' '/^model name/ {print $2; exit}' /proc/cpuinfo)"
+echo "memory:     $(awk '/^MemTotal/ {printf "%.1f GiB", $2/1048576}' /proc/meminfo)"
+echo "pghandoff:  $("$BIN" --version)"
+echo "pgbouncer:  $("$PGBOUNCER" --version | head -1)"
+echo "postgres:   $("$PGBIN/postgres" --version)"
+echo "run:        -T ${DURATION}s x ${REPEAT} rounds, clients ${CLIENT_COUNTS[*]} (-S -M extended)" \
+  "+ ${TPCB_CLIENTS} (TPC-B-like -M prepared); load generator on the same machine"
+
+# --- PostgreSQL ---------------------------------------------------------------
+sport=$(free_port)
+as_pg "$PGBIN/initdb" -D "$work/pg" -U postgres --auth-local=trust --auth-host=scram-sha-256 \
+  --pwfile="$work/pw" -E UTF8 --locale=C.UTF-8 >/dev/null
+as_pg "$PGBIN/pg_ctl" -D "$work/pg" -l "$work/pg.log" -w -o \
+  "-p $sport -k $work -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off \
+   -c max_connections=200 -c shared_buffers=128MB" start >/dev/null
+echo "== PostgreSQL on port $sport; pgbench -i -s 10" >&2
+PGPASSWORD="$src_pw" "$PGBIN/pgbench" -i -q -s 10 -h 127.0.0.1 -p "$sport" -U postgres postgres \
+  > "$work/init.log" 2>&1 || { cat "$work/init.log" >&2; exit 1; }
+
+# --- PgBouncer (session mode) -------------------------------------------------
+# Clients log in as `app` (SCRAM, plaintext in the auth_file so PgBouncer can
+# verify it); PgBouncer logs in to the server as postgres, like pghandoff does.
+bport=$(free_port)
+(umask 077
+ cat > "$work/userlist.txt" <<EOF
+"app" "$app_pw"
+EOF
+ cat > "$work/pgbouncer.ini" <<EOF
+[databases]
+postgres = host=127.0.0.1 port=$sport dbname=postgres user=postgres password=$src_pw
+
+[pgbouncer]
+listen_addr = 127.0.0.1
+listen_port = $bport
+unix_socket_dir = $work
+auth_type = scram-sha-256
+auth_file = $work/userlist.txt
+pool_mode = session
+max_client_conn = 200
+default_pool_size = 50
+logfile = $work/pgbouncer.log
+pidfile = $work/pgbouncer.pid
+log_connections = 0
+log_disconnections = 0
+EOF
+)
+if is_root; then
+  chown postgres "$work/userlist.txt" "$work/pgbouncer.ini"
+  "$PGBOUNCER" -d -u postgres "$work/pgbouncer.ini" > "$work/pgbouncer.out" 2>&1
+else
+  "$PGBOUNCER" -d "$work/pgbouncer.ini" > "$work/pgbouncer.out" 2>&1
+fi || { cat "$work/pgbouncer.out" "$work/pgbouncer.log" >&2 2>/dev/null; exit 1; }
+for _ in $(seq 100); do [ -s "$work/pgbouncer.pid" ] && break; sleep 0.1; done
+bouncer_pid=$(cat "$work/pgbouncer.pid")
+
+# --- pghandoff (source-only) --------------------------------------------------
+pport=$(free_port)
+aport=$(free_port)
+cat > "$work/pghandoff.yaml" <<YAML
+listen: 127.0.0.1:$pport
+source: { url: "postgres://postgres:\${SOURCE_PASSWORD}@127.0.0.1:$sport/postgres?sslmode=disable" }
+client_tls: { mode: disable }
+auth: { method: scram-sha-256, users: [{ name: app, password: "\${APP_PASSWORD}" }] }
+admin: { listen: 127.0.0.1:$aport, token: "\${PGHANDOFF_ADMIN_TOKEN}" }
+state: { dir: $work/state }
+log: { level: warn, format: text }
+threads: 2
+YAML
+SOURCE_PASSWORD="$src_pw" APP_PASSWORD="$app_pw" PGHANDOFF_ADMIN_TOKEN="$token" \
+  "$BIN" proxy --config "$work/pghandoff.yaml" 2> "$work/pghandoff.log" &
+proxy_pid=$!
+for _ in $(seq 100); do
+  curl -sf "http://127.0.0.1:$aport/healthz" >/dev/null 2>&1 && break
+  kill -0 "$proxy_pid" 2>/dev/null || break
+  sleep 0.1
+done
+
+# --- targets ------------------------------------------------------------------
+# target_args TARGET -> sets port, user, password
+target_conn() {
+  case "$1" in
+    direct) port=$sport user=postgres password=$src_pw ;;
+    pgbouncer) port=$bport user=app password=$app_pw ;;
+    pghandoff) port=$pport user=app password=$app_pw ;;
+  esac
+}
+for t in "${TARGETS[@]}"; do
+  target_conn "$t"
+  ok=0
+  for _ in $(seq 50); do
+    if PGPASSWORD="$password" PGCONNECT_TIMEOUT=2 "$PGBIN/psql" -X -q -At -h 127.0.0.1 -p "$port" \
+         -U "$user" -d postgres -c 'select 1' > "$work/check.out" 2>&1; then ok=1; break; fi
+    sleep 0.2
+  done
+  if [ "$ok" != 1 ]; then
+    echo "$t (port $port) does not answer:" >&2
+    cat "$work/check.out" >&2
+    [ "$t" = pghandoff ] && tail -20 "$work/pghandoff.log" >&2
+    [ "$t" = pgbouncer ] && tail -20 "$work/pgbouncer.log" >&2
+    exit 1
+  fi
+done
+echo "== direct :$sport   pgbouncer :$bport (pid $bouncer_pid)   pghandoff :$pport (pid $proxy_pid)" >&2
+
+# --- runs ---------------------------------------------------------------------
+mkdir -p "$work/results"
+# run_one TARGET LABEL CLIENTS PGBENCH-ARGS... : appends "tps latency_ms" to results/TARGET.LABEL
+run_one() {
+  local t=$1 label=$2 c=$3
+  shift 3
+  local j=$((c < 2 ? c : 2)) out="$work/pgbench.out"
+  target_conn "$t"
+  if ! PGPASSWORD="$password" "$PGBIN/pgbench" -n "$@" -c "$c" -j "$j" -T "$DURATION" \
+        -h 127.0.0.1 -p "$port" -U "$user" postgres > "$out" 2>&1; then
+    echo "pgbench against $t failed:" >&2
+    tail -20 "$out" >&2
+    exit 1
+  fi
+  local tps lat
+  tps=$(awk '/^tps = / {print $3; exit}' "$out")
+  lat=$(awk '/^latency average = / {print $4; exit}' "$out")
+  if [ -z "$tps" ] || [ -z "$lat" ]; then
+    echo "cannot parse pgbench output for $t:" >&2
+    cat "$out" >&2
+    exit 1
+  fi
+  echo "$tps $lat" >> "$work/results/$t.$label"
+  printf '  %-9s %-8s %10.1f tps %8.3f ms\n' "$t" "$label" "$tps" "$lat" >&2
+}
+
+# Warm-up, not recorded: fills PgBouncer's server pool (it opens server
+# connections lazily) and the server's caches before the first measured run.
+warm=$((DURATION < 3 ? DURATION : 3))
+max_c=${CLIENT_COUNTS[${#CLIENT_COUNTS[@]}-1]}
+echo "== warm-up (${warm}s, $max_c clients, not recorded)" >&2
+for t in "${TARGETS[@]}"; do
+  target_conn "$t"
+  PGPASSWORD="$password" "$PGBIN/pgbench" -n -S -M extended -c "$max_c" -j 2 -T "$warm" \
+    -h 127.0.0.1 -p "$port" -U "$user" postgres > "$work/pgbench.out" 2>&1 ||
+    { echo "warm-up against $t failed:" >&2; tail -20 "$work/pgbench.out" >&2; exit 1; }
+done
+
+for r in $(seq "$REPEAT"); do
+  echo "== round $r/$REPEAT" >&2
+  for c in "${CLIENT_COUNTS[@]}"; do
+    for t in "${TARGETS[@]}"; do run_one "$t" "$c" "$c" -S -M extended; done
+  done
+  for t in "${TARGETS[@]}"; do run_one "$t" "tpcb$TPCB_CLIENTS" "$TPCB_CLIENTS" -M prepared; done
+done
+
+# VmHWM is the peak resident set since the process started, so reading it
+# once at the end covers the whole run.
+hwm() { awk '/^VmHWM/ {printf "%.1f MiB", $2/1024}' "/proc/$1/status" 2>/dev/null || echo "n/a"; }
+proxy_hwm=$(hwm "$proxy_pid")
+bouncer_hwm=$(hwm "$bouncer_pid")
+
+# --- table --------------------------------------------------------------------
+echo
+echo "== medians of $REPEAT runs of ${DURATION}s (TPS; mean latency in ms)"
+labels=("${CLIENT_COUNTS[@]}" "tpcb$TPCB_CLIENTS")
+python3 - "$work/results" "${labels[@]}" <<'PY'
+import statistics, sys
+d, labels = sys.argv[1], sys.argv[2:]
+def med(target, label):
+    rows = [l.split() for l in open(f"{d}/{target}.{label}") if l.strip()]
+    return (statistics.median(float(r[0]) for r in rows),
+            statistics.median(float(r[1]) for r in rows))
+cols = ["clients", "direct_tps", "pgbouncer_tps", "pghandoff_tps", "pghandoff/direct",
+        "pghandoff/pgbouncer", "direct_lat_ms", "pgbouncer_lat_ms", "pghandoff_lat_ms",
+        "added_lat_pgbouncer_ms", "added_lat_pghandoff_ms"]
+out = [cols]
+for label in labels:
+    (dt, dl), (bt, bl), (ht, hl) = (med(t, label) for t in ("direct", "pgbouncer", "pghandoff"))
+    name = f"{label[4:]} tpcb" if label.startswith("tpcb") else label
+    out.append([name, f"{dt:.0f}", f"{bt:.0f}", f"{ht:.0f}", f"{ht/dt:.2f}", f"{ht/bt:.2f}",
+                f"{dl:.3f}", f"{bl:.3f}", f"{hl:.3f}", f"{bl-dl:+.3f}", f"{hl-dl:+.3f}"])
+w = [max(len(r[i]) for r in out) for i in range(len(cols))]
+for r in out:
+    print("  ".join(r[i].rjust(w[i]) for i in range(len(cols))))
+PY
+echo "(rows 1/8/32: pgbench -S -M extended, select-only; '8 tpcb': TPC-B-like -M prepared, 8 clients)"
+echo
+echo "peak RSS (VmHWM): pghandoff $proxy_hwm, pgbouncer $bouncer_hwm"
+warn_lines=$(grep -c . "$work/pghandoff.log" || true)
+echo "pghandoff log lines at level warn or above: $warn_lines"
+[ "$warn_lines" != 0 ] && tail -5 "$work/pghandoff.log"
+exit 0
