@@ -60,6 +60,7 @@ is_root && chown postgres "$work"
 
 proxy_pid=""
 bouncer_pid=""
+# shellcheck disable=SC2317  # invoked by the EXIT trap
 cleanup() {
   set +e
   if [ -n "$proxy_pid" ]; then
@@ -70,15 +71,18 @@ cleanup() {
   fi
   if [ -n "$bouncer_pid" ]; then
     kill -INT "$bouncer_pid" 2>/dev/null  # SIGINT: shut down now (SIGTERM waits for clients)
-    for _ in $(seq 50); do kill -0 "$bouncer_pid" 2>/dev/null || break; sleep 0.1; done
-    kill -KILL "$bouncer_pid" 2>/dev/null
+    # It removes its pidfile on the way out; once exited, the daemon may linger
+    # as a zombie of whoever adopted it, so kill -0 alone would wait in vain.
+    for _ in $(seq 50); do
+      if [ ! -e "$work/pgbouncer.pid" ] || ! kill -0 "$bouncer_pid" 2>/dev/null; then break; fi
+      sleep 0.1
+    done
+    [ -e "$work/pgbouncer.pid" ] && kill -KILL "$bouncer_pid" 2>/dev/null
   fi
   [ -d "$work/pg" ] && as_pg "$PGBIN/pg_ctl" -D "$work/pg" -m immediate stop >/dev/null 2>&1
   rm -rf "$work"
 }
 trap cleanup EXIT
-# A non-interactive shell's background jobs ignore SIGINT, so Ctrl-C must go
-# through the EXIT trap to stop pghandoff and PgBouncer.
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
@@ -96,6 +100,9 @@ echo "memory:     $(awk '/^MemTotal/ {printf "%.1f GiB", $2/1048576}' /proc/memi
 echo "pghandoff:  $("$BIN" --version)"
 echo "pgbouncer:  $("$PGBOUNCER" --version | head -1)"
 echo "postgres:   $("$PGBIN/postgres" --version)"
+# Everything (server, proxies, pgbench) shares these cores, and so does
+# anything else running: the load average says how quiet the machine was.
+echo "loadavg:    $(cut -d' ' -f1-3 /proc/loadavg) (at start)"
 echo "run:        -T ${DURATION}s x ${REPEAT} rounds, clients ${CLIENT_COUNTS[*]} (-S -M extended)" \
   "+ ${TPCB_CLIENTS} (TPC-B-like -M prepared); load generator on the same machine"
 
@@ -274,6 +281,7 @@ PY
 echo "(rows 1/8/32: pgbench -S -M extended, select-only; '8 tpcb': TPC-B-like -M prepared, 8 clients)"
 echo
 echo "peak RSS (VmHWM): pghandoff $proxy_hwm, pgbouncer $bouncer_hwm"
+echo "loadavg at end: $(cut -d' ' -f1-3 /proc/loadavg)"
 warn_lines=$(grep -c . "$work/pghandoff.log" || true)
 echo "pghandoff log lines at level warn or above: $warn_lines"
 [ "$warn_lines" != 0 ] && tail -5 "$work/pghandoff.log"

@@ -46,7 +46,12 @@ class Reader {
   }
   // A NUL-terminated string; the view excludes the terminator.
   std::string_view cstring() {
-    if (!ok_) return {};
+    // An empty span may have a null data(): memchr on it is undefined even
+    // with length 0 (found by fuzz_frontend_decoders).
+    if (!ok_ || pos_ == in_.size()) {
+      ok_ = false;
+      return {};
+    }
     const void* nul = std::memchr(in_.data() + pos_, 0, in_.size() - pos_);
     if (nul == nullptr) {
       ok_ = false;

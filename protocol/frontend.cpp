@@ -58,4 +58,63 @@ void encodeTerminate(std::vector<std::uint8_t>& out) {
   w.end();
 }
 
+std::optional<ParseMessage> decodeParseBody(Bytes body) {
+  Reader r(body);
+  ParseMessage m;
+  m.statement = r.cstring();
+  m.query = r.cstring();
+  std::int16_t n = r.int16();
+  if (!r.ok() || n < 0 || r.remaining() != static_cast<std::size_t>(n) * 4) return std::nullopt;
+  return m;
+}
+void encodeParse(std::string_view statement, std::string_view query,
+                 std::vector<std::uint8_t>& out) {
+  Writer w(out);
+  w.begin('P').cstring(statement).cstring(query).int16(0);
+  w.end();
+}
+
+std::optional<BindMessage> decodeBindNames(Bytes body) {
+  Reader r(body);
+  BindMessage m;
+  m.portal = r.cstring();
+  m.statement = r.cstring();
+  if (!r.ok()) return std::nullopt;
+  return m;
+}
+void encodeBind(std::string_view portal, std::string_view statement,
+                std::vector<std::uint8_t>& out) {
+  Writer w(out);
+  w.begin('B').cstring(portal).cstring(statement).int16(0).int16(0).int16(0);
+  w.end();
+}
+
+std::optional<std::string_view> decodeExecutePortal(Bytes body) {
+  Reader r(body);
+  std::string_view portal = r.cstring();
+  (void)r.int32();
+  if (!r.atEnd()) return std::nullopt;
+  return portal;
+}
+void encodeExecute(std::string_view portal, std::int32_t maxRows, std::vector<std::uint8_t>& out) {
+  Writer w(out);
+  w.begin('E').cstring(portal).int32(maxRows);
+  w.end();
+}
+
+std::optional<CloseMessage> decodeCloseBody(Bytes body) {
+  Reader r(body);
+  CloseMessage m;
+  m.kind = static_cast<char>(r.byte());
+  m.name = r.cstring();
+  if (!r.atEnd() || (m.kind != 'S' && m.kind != 'P')) return std::nullopt;
+  return m;
+}
+
+void encodeSync(std::vector<std::uint8_t>& out) {
+  Writer w(out);
+  w.begin('S');
+  w.end();
+}
+
 }  // namespace pghandoff::protocol

@@ -33,4 +33,34 @@ void encodeQuery(std::string_view sql, std::vector<std::uint8_t>& out);
 
 void encodeTerminate(std::vector<std::uint8_t>& out);
 
+// Extended query protocol: only the names and the SQL text are decoded (the
+// proxy tracks which statement a portal runs); parameters are not touched.
+struct ParseMessage {
+  std::string_view statement;  // "" is the unnamed statement
+  std::string_view query;
+};
+[[nodiscard]] std::optional<ParseMessage> decodeParseBody(Bytes body);
+void encodeParse(std::string_view statement, std::string_view query,
+                 std::vector<std::uint8_t>& out);
+
+struct BindMessage {
+  std::string_view portal;
+  std::string_view statement;
+};
+// Decodes the two names only; the rest of the body is not validated here
+// (the server does that, B38).
+[[nodiscard]] std::optional<BindMessage> decodeBindNames(Bytes body);
+void encodeBind(std::string_view portal, std::string_view statement,
+                std::vector<std::uint8_t>& out);
+
+[[nodiscard]] std::optional<std::string_view> decodeExecutePortal(Bytes body);
+void encodeExecute(std::string_view portal, std::int32_t maxRows, std::vector<std::uint8_t>& out);
+
+struct CloseMessage {
+  char kind;  // 'S' statement, 'P' portal
+  std::string_view name;
+};
+[[nodiscard]] std::optional<CloseMessage> decodeCloseBody(Bytes body);
+void encodeSync(std::vector<std::uint8_t>& out);
+
 }  // namespace pghandoff::protocol

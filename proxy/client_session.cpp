@@ -482,6 +482,56 @@ void ClientSession::onReadyForMetrics() {
   --sentCount_;
 }
 
+protocol::StatementKind ClientSession::classify(std::string_view sql) {
+  registry_.classifier().get(sql, scratch_);
+  return scratch_.kind;
+}
+
+namespace {
+// queries_total has kind read|write: a read is what may be served by the
+// read side alone; everything else (writes, transaction control, session
+// state, unknown) takes the write path.
+labels::QueryKind queryKind(protocol::StatementKind k) {
+  return k == protocol::StatementKind::kRead ? labels::QueryKind::kRead
+                                             : labels::QueryKind::kWrite;
+}
+}  // namespace
+
+void ClientSession::trackStatement(char type, protocol::Bytes body, bool whole) {
+  switch (type) {
+    case 'Q':
+      if (auto sql = protocol::decodeQueryBody(body)) {
+        metrics().queriesTotal(Side::kSource, queryKind(classify(*sql))).inc();
+      } else {
+        metrics().queriesTotal(Side::kSource, labels::QueryKind::kWrite).inc();
+      }
+      break;
+    case 'P':
+      if (auto p = protocol::decodeParseBody(body)) {
+        statements_.onParse(p->statement, classify(p->query));
+      }
+      break;
+    case 'B':
+      // Streamed Binds (huge parameters) carry the names at the front.
+      if (auto b = protocol::decodeBindNames(body)) {
+        statements_.onBind(b->portal, b->statement);
+      } else if (!whole) {
+        statements_.onBind("", "\x01unknown");
+      }
+      break;
+    case 'E':
+      if (auto portal = protocol::decodeExecutePortal(body)) {
+        metrics().queriesTotal(Side::kSource, queryKind(statements_.onExecute(*portal))).inc();
+      }
+      break;
+    case 'C':
+      if (auto c = protocol::decodeCloseBody(body)) statements_.onClose(c->kind, c->name);
+      break;
+    default:
+      break;
+  }
+}
+
 awaitable<void> ClientSession::clientToServer() {
   const auto maxLen = static_cast<std::uint32_t>(rt_->cfg.limits.maxMessageBytes);
   Stream& server = server_->stream();
@@ -489,9 +539,12 @@ awaitable<void> ClientSession::clientToServer() {
     bool terminate = false;
     auto res = cbuf_.scan(
         [maxLen](protocol::Bytes b) { return protocol::parseFrontendHeader(b, maxLen); },
-        [](char) { return false; },
-        [this, &terminate](const protocol::FrameHeader& h, protocol::Bytes, bool) {
+        // Bodies needed for classification; Bind may stream (only its names
+        // at the front are read).
+        [](char t) { return t == 'Q' || t == 'P' || t == 'E' || t == 'C'; },
+        [this, &terminate](const protocol::FrameHeader& h, protocol::Bytes body, bool whole) {
           onClientFrameForMetrics(h.type);
+          trackStatement(h.type, body, whole);
           if (machine_.onClientFrame(h.type) == ClientVerdict::kForwardThenClose) {
             terminate = true;
             return false;

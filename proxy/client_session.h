@@ -18,6 +18,7 @@
 #include "proxy/relay_buffer.h"
 #include "proxy/runtime.h"
 #include "proxy/session_machine.h"
+#include "proxy/statement_tracker.h"
 #include "proxy/stream.h"
 #include "proxy/upstream.h"
 
@@ -77,6 +78,10 @@ class ClientSession : public std::enable_shared_from_this<ClientSession> {
   awaitable<bool> writeClient(const std::vector<std::uint8_t>& bytes);
 
   void onClientFrameForMetrics(char type);
+  // Counts queries_total by what the statement does; keeps the extended-
+  // protocol statement/portal map.
+  void trackStatement(char type, protocol::Bytes body, bool whole);
+  [[nodiscard]] protocol::StatementKind classify(std::string_view sql);
   void onReadyForMetrics();
 
   std::shared_ptr<const Runtime> rt_;
@@ -89,6 +94,8 @@ class ClientSession : public std::enable_shared_from_this<ClientSession> {
   RelayBuffer cbuf_;  // client -> server
   RelayBuffer sbuf_;  // server -> client
   SessionMachine machine_;
+  StatementTracker statements_;
+  protocol::Classification scratch_;  // reused: a cache hit allocates nothing
 
   std::string user_;
   std::string database_;

@@ -84,7 +84,8 @@ class RelayBuffer {
   // Scans frames. parse(Bytes) -> FrameHeader; needsBody(char) -> bool;
   // onFrame(const FrameHeader&, Bytes body, bool whole) -> bool (false stops
   // the scan after this frame, e.g. Terminate). Streamed frames are reported
-  // once, when their header arrives, with whole == false.
+  // once, when their header arrives, with whole == false and `body` holding
+  // only the part of the body received so far.
   template <typename Parse, typename NeedsBody, typename OnFrame>
   ScanResult scan(Parse&& parse, NeedsBody&& needsBody, OnFrame&& onFrame) {
     while (pos_ < end_) {
@@ -108,9 +109,12 @@ class RelayBuffer {
         want_ = h.total();
         break;
       }
+      // Streamed: the callback sees the part of the body that has arrived
+      // (enough for the names at the start of a Bind, say).
+      protocol::Bytes prefix(data_.data() + pos_ + 5, avail - 5);
       pos_ = end_;
       streamRemaining_ = h.total() - avail;
-      if (!onFrame(h, protocol::Bytes{}, false)) return {ScanStatus::kStop, h};
+      if (!onFrame(h, prefix, false)) return {ScanStatus::kStop, h};
     }
     return {ScanStatus::kNeedMore, {}};
   }

@@ -17,6 +17,7 @@
 #include "config/conninfo.h"
 #include "protocol/backend.h"
 #include "protocol/scram.h"
+#include "protocol/sql_classify.h"
 #include "proxy/tls.h"
 
 namespace pghandoff::proxy {
@@ -46,6 +47,9 @@ class ClientSession;
 
 class Registry {
  public:
+  // Statement classification shared by every session (cached by text).
+  protocol::ClassificationCache& classifier() { return classifier_; }
+
   // Admission: false when max_client_connections are already in use.
   [[nodiscard]] bool admit(std::uint32_t max) {
     std::uint32_t n = clients_.load(std::memory_order_relaxed);
@@ -69,6 +73,7 @@ class Registry {
   static std::uint64_t packKey(protocol::BackendKeyData k) {
     return (std::uint64_t(std::uint32_t(k.pid)) << 32) | std::uint32_t(k.key);
   }
+  protocol::ClassificationCache classifier_;
   std::atomic<std::uint32_t> clients_{0};
   std::mutex mu_;
   std::unordered_map<const ClientSession*, std::weak_ptr<ClientSession>> sessions_;

@@ -26,17 +26,12 @@
 #include <string>
 #include <vector>
 
+#include "tests/fuzz/fuzz_common.h"
 #include "protocol/backend.h"
 #include "protocol/buffer.h"
 #include "protocol/error.h"
 #include "protocol/frame.h"
 
-#define FUZZ_REQUIRE(cond) \
-  do {                     \
-    if (!(cond)) {         \
-      __builtin_trap();    \
-    }                      \
-  } while (false)
 
 namespace pghandoff::test {
 namespace {
@@ -66,30 +61,9 @@ bool sameHeader(const FrameHeader& a, const FrameHeader& b) {
   return a.status == b.status && a.type == b.type && a.length == b.length;
 }
 
-// An exact-size heap copy, so ASan reports any read past its end. Its data()
-// is never null, even when empty, like a view into the relay's receive buffer:
-// an empty span with a null data() trips Reader::cstring() in
-// protocol/buffer.h (memchr on a null pointer, UB; see tests/fuzz/README.md).
-class ExactCopy {
- public:
-  explicit ExactCopy(Bytes b) : data_(new std::uint8_t[b.size()]), size_(b.size()) {
-    std::copy(b.begin(), b.end(), data_.get());
-  }
-  [[nodiscard]] Bytes bytes() const { return {data_.get(), size_}; }
-
- private:
-  std::unique_ptr<std::uint8_t[]> data_;
-  std::size_t size_;
-};
-
 FrameHeader parseCopy(Bytes window, std::uint32_t maxLength) {
   const ExactCopy copy(window);
   return proto::parseBackendHeader(copy.bytes(), maxLength);
-}
-
-std::uint32_t bigEndian32(Bytes b) {
-  return (std::uint32_t{b[0]} << 24) | (std::uint32_t{b[1]} << 16) | (std::uint32_t{b[2]} << 8) |
-         std::uint32_t{b[3]};
 }
 
 bool bytesEqual(Bytes a, Bytes b) {

@@ -31,16 +31,11 @@
 #include <variant>
 #include <vector>
 
+#include "tests/fuzz/fuzz_common.h"
 #include "protocol/buffer.h"
 #include "protocol/crypto.h"
 #include "protocol/scram.h"
 
-#define FUZZ_REQUIRE(cond) \
-  do {                     \
-    if (!(cond)) {         \
-      __builtin_trap();    \
-    }                      \
-  } while (false)
 
 namespace pghandoff::test {
 namespace {

@@ -229,5 +229,33 @@ TEST(Frontend, QueryRejectsEmbeddedNul) {
   EXPECT_FALSE(decodeQueryBody(body));
 }
 
+TEST(Frontend, ExtendedQueryRoundTrips) {
+  std::vector<std::uint8_t> out;
+  encodeParse("s1", "SELECT $1", out);
+  auto p = decodeParseBody(Bytes(out).subspan(5));
+  ASSERT_TRUE(p);
+  EXPECT_EQ(p->statement, "s1");
+  EXPECT_EQ(p->query, "SELECT $1");
+  out.clear();
+  encodeBind("p1", "s1", out);
+  auto b = decodeBindNames(Bytes(out).subspan(5));
+  ASSERT_TRUE(b);
+  EXPECT_EQ(b->portal, "p1");
+  EXPECT_EQ(b->statement, "s1");
+  out.clear();
+  encodeExecute("", 0, out);
+  EXPECT_EQ(decodeExecutePortal(Bytes(out).subspan(5)), "");
+  const std::uint8_t close[] = {'S', 's', '1', 0};
+  auto c = decodeCloseBody(close);
+  ASSERT_TRUE(c);
+  EXPECT_EQ(c->kind, 'S');
+  EXPECT_EQ(c->name, "s1");
+  const std::uint8_t badClose[] = {'X', 0};
+  EXPECT_FALSE(decodeCloseBody(badClose));
+  // Parse whose parameter-type count runs past the end.
+  const std::uint8_t badParse[] = {0, 'S', 0, 0, 5};
+  EXPECT_FALSE(decodeParseBody(badParse));
+}
+
 }  // namespace
 }  // namespace pghandoff::protocol

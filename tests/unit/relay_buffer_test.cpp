@@ -68,6 +68,7 @@ TEST(RelayBuffer, StreamsLargeMessagesWithoutBufferingThem) {
   ASSERT_EQ(seen.size(), 2u);
   EXPECT_EQ(seen[0].type, 'D');
   EXPECT_FALSE(seen[0].whole);  // streamed: reported at its header
+  EXPECT_EQ(seen[0].bodySize, 4096u - 5);  // with the part of the body that had arrived
   EXPECT_EQ(seen[1].type, 'Z');
   EXPECT_TRUE(seen[1].whole);
   EXPECT_EQ(seen[1].bodySize, 1u);
