@@ -238,7 +238,7 @@ awaitable<bool> ClientSession::startupPhase() {
   }
   if ((startup.protocol & 0xffff) != 0 || !unrecognised.empty()) {
     std::vector<std::uint8_t> out;
-    protocol::encodeNegotiateProtocolVersion(protocol::kProtocol30, unrecognised, out);
+    protocol::encodeNegotiateProtocolVersion(0, unrecognised, out);  // newest minor: 3.0
     if (!co_await writeClient(out)) co_return false;
   }
   if (user_.empty()) {
