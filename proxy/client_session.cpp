@@ -383,7 +383,8 @@ awaitable<bool> ClientSession::authenticateScram(const std::string& user,
   if (!first) co_return false;
   auto initial = protocol::decodeSaslInitialBody(*first);
   if (!initial || !initial->data) {
-    co_return co_await authFailed({sqlstate::kProtocolViolation, "malformed SCRAM message"});
+    protocol::AuthFailure malformed{sqlstate::kProtocolViolation, "malformed SCRAM message"};
+    co_return co_await authFailed(malformed);
   }
   auto serverFirst =
       server.clientFirst(initial->mechanism, protocol::asString(*initial->data));
@@ -655,8 +656,9 @@ awaitable<void> ClientSession::serverToClient() {
       metrics().internalBugsTotal().inc();
       co_await closeServerGracefully(false);
       if (!sbuf_.midMessage()) {
-        co_await sendError({"FATAL", sqlstate::kProtocolViolation,
-                            "pghandoff lost synchronization with the source server", "", ""});
+        protocol::ErrorFields e{"FATAL", sqlstate::kProtocolViolation,
+                                "pghandoff lost synchronization with the source server", "", ""};
+        co_await sendError(e);
       }
       client_.close();
       co_return;
@@ -683,8 +685,9 @@ awaitable<void> ClientSession::serverToClient() {
       // timeout): the client hears why, the server session ends cleanly.
       co_await closeServerGracefully(forced_ && machine_.serverBusy());
       if (!sbuf_.midMessage()) {
-        co_await sendError({"FATAL", sqlstate::kAdminShutdown,
-                            "terminating connection due to administrator command", "", ""});
+        protocol::ErrorFields e{"FATAL", sqlstate::kAdminShutdown,
+                                "terminating connection due to administrator command", "", ""};
+        co_await sendError(e);
       }
       client_.close();
       co_return;
@@ -704,8 +707,9 @@ awaitable<void> ClientSession::serverToClient() {
             // shutdown); that was relayed and is the client's last word.
           } else {
             spdlog::warn("session {}: the source closed the connection: {}", id_, ec.message());
-            co_await sendError({"FATAL", sqlstate::kConnectionFailure,
-                                "pghandoff lost the connection to the source server", "", ""});
+            protocol::ErrorFields e{"FATAL", sqlstate::kConnectionFailure,
+                                    "pghandoff lost the connection to the source server", "", ""};
+            co_await sendError(e);
           }
         }
       }
@@ -769,7 +773,10 @@ awaitable<void> ClientSession::sendError(const protocol::ErrorFields& e) {
 }
 
 awaitable<void> ClientSession::fatal(const char* code, std::string message, std::string detail) {
-  co_await sendError({"FATAL", code, std::move(message), std::move(detail), ""});
+  // Named, not a braced temporary inside the co_await expression: GCC 12
+  // destroys such temporaries twice (free(): invalid pointer).
+  protocol::ErrorFields e{"FATAL", code, std::move(message), std::move(detail), ""};
+  co_await sendError(e);
 }
 
 }  // namespace pghandoff::proxy

@@ -2,6 +2,16 @@
 // phase: each malformed input is answered within 1 s with the exact
 // SQLSTATE/message (or a silent close), and the proxy keeps serving good
 // clients. Rows are cited by their IDs (B1, B2, ...).
+//
+// PROXY BUG (seen at 0379220): every FATAL the proxy writes itself through
+// ClientSession::fatal() / sendError({...}) aborts the whole process
+// ("free(): invalid pointer" / "double free detected in tcache 2"; the core is
+// in ClientSession::fatal() destroying the ErrorFields temporary). GCC 12
+// mishandles a braced temporary aggregate (and a ?: std::string temporary in
+// readAuthMessage) inside a co_await expression. Every test below that
+// expects a proxy-made FATAL fails for that reason until fatal()/sendError()
+// callers build the ErrorFields (and the message) in a named local first
+// (verified on a patched copy: then only B5 and B12 fail, see there).
 
 #include <signal.h>
 
@@ -62,9 +72,15 @@ class BadInput : public ::testing::Test {
   }
 
   void TearDown() override {
-    // Whatever a test sent, the proxy must still be alive.
-    EXPECT_TRUE(proxy_->running()) << tailFile(proxy_->logFile());
-    EXPECT_TRUE(plainProxy_->running()) << tailFile(plainProxy_->logFile());
+    // Whatever a test sent, the proxy must still be alive. If it died, the
+    // test fails here and the proxy is restarted, so that the next test
+    // reports its own outcome rather than this crash.
+    for (auto* p : {proxy_.get(), plainProxy_.get()}) {
+      if (!p->running()) {
+        ADD_FAILURE() << "the proxy died; log tail:\n" << tailFile(p->logFile(), 1500);
+        p->restart();
+      }
+    }
   }
 
   static RawClient connect() { return RawClient(proxy_->port()); }
@@ -305,6 +321,10 @@ TEST_F(BadInput, B8NewerMinorVersionAndPqOptionGetNegotiateProtocolVersion) {
     ASSERT_EQ(r.messages[0].type, 'v');
     // NegotiateProtocolVersion: newest supported version (3.0, as PostgreSQL
     // sends it: 0x00030000), then the unrecognised _pq_ options.
+    // PROXY BUG (since d56fd28): the proxy sends 0 here. PostgreSQL's
+    // SendNegotiateProtocolVersion() sends PG_PROTOCOL_LATEST (the full
+    // major<<16|minor code), and libpq's pqGetNegotiateProtocolVersion3()
+    // compares it with PG_PROTOCOL(3, 0), so 0 reads as a pre-3.0 downgrade.
     std::vector<std::uint8_t> expected = {0, 3, 0, 0, 0, 0, 0,
                                           static_cast<std::uint8_t>(tc.unrecognised.size())};
     for (const auto& opt : tc.unrecognised) {

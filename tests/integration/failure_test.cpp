@@ -3,6 +3,13 @@
 // or killed under an idle session, clients vanishing mid-query and
 // mid-transaction (F10), the connection limit (F18), SIGTERM and SIGHUP
 // (F17), and exact metric values after a known mix of sessions.
+//
+// PROXY BUG (seen at 0379220): a FATAL written by the proxy itself through
+// ClientSession::fatal() or sendError({...}) (53300, 28P01, 57P01 at SIGTERM,
+// 08006 after the source died) aborts the proxy process: GCC 12 destroys the
+// braced ErrorFields temporary of the co_await expression twice. The tests
+// that need such a FATAL fail for that reason until it is fixed (a named
+// local before co_await fixes it; verified on a patched copy: all pass).
 
 #include <arpa/inet.h>
 #include <netinet/in.h>
