@@ -95,6 +95,7 @@ awaitable<void> ClientSession::runInner() {
   watchdog.async_wait([self, expired, done](error_code ec) {
     if (!ec && !*done) {
       *expired = true;
+      self->startupTimedOut_ = true;
       self->client_.close();
     }
   });
@@ -135,6 +136,7 @@ awaitable<std::optional<protocol::Bytes>> ClientSession::readStartupPacket() {
     }
     auto [ec, n] = co_await client_.readSome(cbuf_.freeSpace());
     if (ec) {
+      if (startupTimedOut_) co_return std::nullopt;  // counted once, by runInner
       if (cbuf_.pendingSize() > 0) {
         metrics().clientConnectionsRejectedTotal(RejectReason::kProtocol).inc();
         spdlog::info("session {}: incomplete startup packet ({})", id_, clientAddress_);
@@ -165,16 +167,18 @@ awaitable<bool> ClientSession::startupPhase() {
     if (code == protocol::kSslRequestCode || code == protocol::kGssEncRequestCode) {
       bool ssl = code == protocol::kSslRequestCode;
       if ((ssl && (sslDone || client_.isTls())) || (!ssl && gssDone)) {
-        co_await fatal(sqlstate::kProtocolViolation, "duplicate encryption request");  // B16
+        prepareFatal(sqlstate::kProtocolViolation, "duplicate encryption request");  // B16
+        co_await flushError();
         co_return false;
       }
       // Data after the request but before our answer would be read as if it
       // came through the encrypted channel (CVE-2021-23214, B15/B17).
       if (cbuf_.pendingSize() > packetSize) {
         metrics().clientConnectionsRejectedTotal(RejectReason::kProtocol).inc();
-        co_await fatal(sqlstate::kProtocolViolation,
+        prepareFatal(sqlstate::kProtocolViolation,
                        ssl ? "received unencrypted data after SSL request"
                            : "received unencrypted data after GSSAPI encryption request");
+        co_await flushError();
         co_return false;
       }
       cbuf_.consume(packetSize);
@@ -197,9 +201,10 @@ awaitable<bool> ClientSession::startupPhase() {
     }
     if ((code >> 16) != 3) {
       metrics().clientConnectionsRejectedTotal(RejectReason::kProtocol).inc();
-      co_await fatal(sqlstate::kFeatureNotSupported,
+      prepareFatal(sqlstate::kFeatureNotSupported,
                      "unsupported frontend protocol " + std::to_string(code >> 16) + "." +
                          std::to_string(code & 0xffff) + ": server supports 3.0 to 3.0");  // B7
+      co_await flushError();
       co_return false;
     }
     protocol::StartupError err{};
@@ -207,7 +212,8 @@ awaitable<bool> ClientSession::startupPhase() {
     cbuf_.consume(packetSize);
     if (!decoded) {
       metrics().clientConnectionsRejectedTotal(RejectReason::kProtocol).inc();
-      co_await fatal(sqlstate::kProtocolViolation, "invalid startup packet layout");  // B9, B10
+      prepareFatal(sqlstate::kProtocolViolation, "invalid startup packet layout");  // B9, B10
+      co_await flushError();
       co_return false;
     }
     startup = std::move(*decoded);
@@ -226,8 +232,9 @@ awaitable<bool> ClientSession::startupPhase() {
       database_ = truncateName(v);
     } else if (k == "replication") {
       if (isTrueish(v)) {
-        co_await fatal(sqlstate::kFeatureNotSupported,
+        prepareFatal(sqlstate::kFeatureNotSupported,
                        "pghandoff does not support replication connections");  // B13
+        co_await flushError();
         co_return false;
       }
     } else {
@@ -238,26 +245,31 @@ awaitable<bool> ClientSession::startupPhase() {
   }
   if ((startup.protocol & 0xffff) != 0 || !unrecognised.empty()) {
     std::vector<std::uint8_t> out;
-    protocol::encodeNegotiateProtocolVersion(0, unrecognised, out);  // newest minor: 3.0
+    // PostgreSQL sends PG_PROTOCOL_LATEST (the full 3.0 code) and libpq
+    // compares it as such, whatever the docs say of "newest minor".
+    protocol::encodeNegotiateProtocolVersion(protocol::kProtocol30, unrecognised, out);
     if (!co_await writeClient(out)) co_return false;
   }
   if (user_.empty()) {
-    co_await fatal(sqlstate::kInvalidAuthSpec,
+    prepareFatal(sqlstate::kInvalidAuthSpec,
                    "no PostgreSQL user name specified in startup packet");  // B11
+    co_await flushError();
     co_return false;
   }
   if (database_.empty()) database_ = user_;
 
   if (rt_->cfg.clientTls.mode == config::TlsMode::kRequire && !client_.isTls()) {
     metrics().clientConnectionsRejectedTotal(RejectReason::kTls).inc();
-    co_await fatal(sqlstate::kInvalidAuthSpec,
+    prepareFatal(sqlstate::kInvalidAuthSpec,
                    "pghandoff requires SSL for user \"" + sanitizeForLog(user_, 63) +
                        "\" (client_tls.mode is require), no encryption");  // B23
+    co_await flushError();
     co_return false;
   }
   if (!admitted_) {
     metrics().clientConnectionsRejectedTotal(RejectReason::kTooMany).inc();
-    co_await fatal(sqlstate::kTooManyConnections, "sorry, too many clients already");
+    prepareFatal(sqlstate::kTooManyConnections, "sorry, too many clients already");
+    co_await flushError();
     co_return false;
   }
 
@@ -266,9 +278,10 @@ awaitable<bool> ClientSession::startupPhase() {
   if (!co_await authenticate()) co_return false;
 
   if (database_ != rt_->source.dbname) {
-    co_await fatal(sqlstate::kInvalidCatalogName,
+    prepareFatal(sqlstate::kInvalidCatalogName,
                    "database \"" + sanitizeForLog(database_, 63) + "\" does not exist",
                    "pghandoff serves the database \"" + rt_->source.dbname + "\"");
+    co_await flushError();
     co_return false;
   }
 
@@ -302,9 +315,10 @@ awaitable<std::optional<std::vector<std::uint8_t>>> ClientSession::readAuthMessa
     auto h = protocol::parseFrontendHeader(cbuf_.pending(), protocol::kAuthLimit);
     if (h.status == protocol::FrameStatus::kOk) {
       if (h.type != 'p') {
-        co_await fatal(sqlstate::kProtocolViolation,
+        prepareFatal(sqlstate::kProtocolViolation,
                        "expected password response, got message type " +
                            std::to_string(static_cast<int>(h.type)));  // B24
+        co_await flushError();
         co_return std::nullopt;
       }
       if (cbuf_.pendingSize() >= h.total()) {
@@ -314,11 +328,12 @@ awaitable<std::optional<std::vector<std::uint8_t>>> ClientSession::readAuthMessa
         co_return out;
       }
     } else if (h.status != protocol::FrameStatus::kNeedMore) {
-      co_await fatal(sqlstate::kProtocolViolation,
-                     h.status == protocol::FrameStatus::kBadType
-                         ? "expected password response, got message type " +
-                               std::to_string(static_cast<int>(h.type))
-                         : std::string("invalid password packet size"));  // B25
+      std::string msg = h.status == protocol::FrameStatus::kBadType
+                            ? "expected password response, got message type " +
+                                  std::to_string(static_cast<int>(h.type))
+                            : std::string("invalid password packet size");  // B25
+      prepareFatal(sqlstate::kProtocolViolation, std::move(msg));
+      co_await flushError();
       co_return std::nullopt;
     }
     auto [ec, n] = co_await client_.readSome(cbuf_.freeSpace());
@@ -335,8 +350,9 @@ awaitable<bool> ClientSession::authenticate() {
   switch (rt_->cfg.auth.method) {
     case config::AuthMethod::kTrust:
       if (secret == nullptr && !rt_->users.empty()) {
-        co_await fatal(sqlstate::kInvalidAuthSpec,
+        prepareFatal(sqlstate::kInvalidAuthSpec,
                        "role \"" + sanitizeForLog(user_, 63) + "\" does not exist");
+        co_await flushError();
         co_return false;
       }
       break;
@@ -371,24 +387,29 @@ awaitable<bool> ClientSession::authenticateScram(const std::string& user,
   protocol::encodeAuthSasl(server.mechanisms(), out);
   if (!co_await writeClient(out)) co_return false;
 
-  auto authFailed = [this](const protocol::AuthFailure& f) -> awaitable<bool> {
+  // Counts, logs and prepares the FATAL; the caller flushes it.
+  auto authFailed = [this](const protocol::AuthFailure& f) {
     metrics().clientConnectionsRejectedTotal(RejectReason::kAuthFailed).inc();
     spdlog::info("session {}: authentication failed for user \"{}\" ({}): {}", id_,
-                 sanitizeForLog(user_, 63), clientAddress_, f.message);
-    co_await fatal(f.sqlstate, f.message);
-    co_return false;
+                 sanitizeForLog(user_, 63), clientAddress_, sanitizeForLog(f.message, 200));
+    prepareFatal(f.sqlstate, f.message);
   };
 
   auto first = co_await readAuthMessage();
   if (!first) co_return false;
   auto initial = protocol::decodeSaslInitialBody(*first);
   if (!initial || !initial->data) {
-    protocol::AuthFailure malformed{sqlstate::kProtocolViolation, "malformed SCRAM message"};
-    co_return co_await authFailed(malformed);
+    authFailed({sqlstate::kProtocolViolation, "malformed SCRAM message"});
+    co_await flushError();
+    co_return false;
   }
   auto serverFirst =
       server.clientFirst(initial->mechanism, protocol::asString(*initial->data));
-  if (auto* f = std::get_if<protocol::AuthFailure>(&serverFirst)) co_return co_await authFailed(*f);
+  if (auto* f = std::get_if<protocol::AuthFailure>(&serverFirst)) {
+    authFailed(*f);
+    co_await flushError();
+    co_return false;
+  }
   out.clear();
   protocol::encodeAuthSaslContinue(std::get<std::string>(serverFirst), out);
   if (!co_await writeClient(out)) co_return false;
@@ -396,7 +417,11 @@ awaitable<bool> ClientSession::authenticateScram(const std::string& user,
   auto final = co_await readAuthMessage();
   if (!final) co_return false;
   auto serverFinal = server.clientFinal(protocol::asString(*final));
-  if (auto* f = std::get_if<protocol::AuthFailure>(&serverFinal)) co_return co_await authFailed(*f);
+  if (auto* f = std::get_if<protocol::AuthFailure>(&serverFinal)) {
+    authFailed(*f);
+    co_await flushError();
+    co_return false;
+  }
   out.clear();
   protocol::encodeAuthSaslFinal(std::get<std::string>(serverFinal), out);
   co_return co_await writeClient(out);
@@ -405,7 +430,8 @@ awaitable<bool> ClientSession::authenticateScram(const std::string& user,
 awaitable<bool> ClientSession::authenticateMd5(const std::string& user, const UserSecret* secret) {
   std::array<std::uint8_t, 4> salt{};
   if (RAND_bytes(salt.data(), 4) != 1) {
-    co_await fatal(sqlstate::kInternalError, "could not generate random salt");
+    prepareFatal(sqlstate::kInternalError, "could not generate random salt");
+    co_await flushError();
     co_return false;
   }
   std::vector<std::uint8_t> out;
@@ -422,8 +448,9 @@ awaitable<bool> ClientSession::authenticateMd5(const std::string& user, const Us
     metrics().clientConnectionsRejectedTotal(RejectReason::kAuthFailed).inc();
     spdlog::info("session {}: md5 authentication failed for user \"{}\" ({})", id_,
                  sanitizeForLog(user_, 63), clientAddress_);
-    co_await fatal(sqlstate::kInvalidPassword,
+    prepareFatal(sqlstate::kInvalidPassword,
                    "password authentication failed for user \"" + user + "\"");
+    co_await flushError();
     co_return false;
   }
   co_return true;
@@ -441,7 +468,8 @@ awaitable<bool> ClientSession::connectSource() {
     spdlog::warn("session {}: login to the source failed: {} ({})", id_, login.error.message,
                  login.error.code);
     server_.reset();
-    co_await sendError(login.error);
+    prepareError(login.error);
+    co_await flushError();
     co_return false;
   }
   metrics().serverConnections(Side::kSource).inc();
@@ -658,7 +686,8 @@ awaitable<void> ClientSession::serverToClient() {
       if (!sbuf_.midMessage()) {
         protocol::ErrorFields e{"FATAL", sqlstate::kProtocolViolation,
                                 "pghandoff lost synchronization with the source server", "", ""};
-        co_await sendError(e);
+        prepareError(e);
+        co_await flushError();
       }
       client_.close();
       co_return;
@@ -687,7 +716,8 @@ awaitable<void> ClientSession::serverToClient() {
       if (!sbuf_.midMessage()) {
         protocol::ErrorFields e{"FATAL", sqlstate::kAdminShutdown,
                                 "terminating connection due to administrator command", "", ""};
-        co_await sendError(e);
+        prepareError(e);
+        co_await flushError();
       }
       client_.close();
       co_return;
@@ -701,7 +731,8 @@ awaitable<void> ClientSession::serverToClient() {
         closing_ = true;
         if (!sbuf_.midMessage()) {
           if (pendingFatal_) {
-            co_await sendError(*pendingFatal_);
+            prepareError(*pendingFatal_);
+            co_await flushError();
           } else if (serverSentFatal_) {
             // The server said why it ended the session (e.g. 57P01 at its
             // shutdown); that was relayed and is the client's last word.
@@ -709,7 +740,8 @@ awaitable<void> ClientSession::serverToClient() {
             spdlog::warn("session {}: the source closed the connection: {}", id_, ec.message());
             protocol::ErrorFields e{"FATAL", sqlstate::kConnectionFailure,
                                     "pghandoff lost the connection to the source server", "", ""};
-            co_await sendError(e);
+            prepareError(e);
+            co_await flushError();
           }
         }
       }
@@ -763,20 +795,20 @@ awaitable<bool> ClientSession::writeClient(const std::vector<std::uint8_t>& byte
   co_return !ec;
 }
 
-awaitable<void> ClientSession::sendError(const protocol::ErrorFields& e) {
+void ClientSession::prepareError(const protocol::ErrorFields& e) {
   metrics().clientErrorsTotal(sqlStateLabel(e.code)).inc();
-  std::vector<std::uint8_t> out;
-  protocol::encodeError(e, out);
-  clientWriting_ = true;
-  co_await client_.writeAll(asio::buffer(out));
-  clientWriting_ = false;
+  errorOut_.clear();
+  protocol::encodeError(e, errorOut_);
 }
 
-awaitable<void> ClientSession::fatal(const char* code, std::string message, std::string detail) {
-  // Named, not a braced temporary inside the co_await expression: GCC 12
-  // destroys such temporaries twice (free(): invalid pointer).
-  protocol::ErrorFields e{"FATAL", code, std::move(message), std::move(detail), ""};
-  co_await sendError(e);
+void ClientSession::prepareFatal(const char* code, std::string message, std::string detail) {
+  prepareError(protocol::ErrorFields{"FATAL", code, std::move(message), std::move(detail), ""});
+}
+
+awaitable<void> ClientSession::flushError() {
+  clientWriting_ = true;
+  co_await client_.writeAll(asio::buffer(errorOut_));
+  clientWriting_ = false;
 }
 
 }  // namespace pghandoff::proxy

@@ -71,10 +71,12 @@ class ClientSession : public std::enable_shared_from_this<ClientSession> {
   awaitable<void> serverToClient();
   awaitable<void> closeServerGracefully(bool cancelFirst);
 
-  // Sends an ErrorResponse to the client (startup phase, or as the last
-  // message of the session) and counts it.
-  awaitable<void> sendError(const protocol::ErrorFields& e);
-  awaitable<void> fatal(const char* code, std::string message, std::string detail = {});
+  // Errors to the client: prepared by plain functions, sent by a coroutine
+  // without arguments. No temporary ever lives in a co_await expression:
+  // GCC 12 destroys such temporaries twice (the proxy crashed on every FATAL).
+  void prepareError(const protocol::ErrorFields& e);  // and count it
+  void prepareFatal(const char* code, std::string message, std::string detail = {});
+  awaitable<void> flushError();
   awaitable<bool> writeClient(const std::vector<std::uint8_t>& bytes);
 
   void onClientFrameForMetrics(char type);
@@ -114,6 +116,8 @@ class ClientSession : public std::enable_shared_from_this<ClientSession> {
   bool shutdownRequested_ = false;
   bool forced_ = false;
   bool serverSentFatal_ = false;
+  bool startupTimedOut_ = false;  // set by the startup watchdog
+  std::vector<std::uint8_t> errorOut_;
   std::optional<protocol::ErrorFields> pendingFatal_;  // sent by serverToClient as its last word
 
   // Query timing: send times of requests awaiting ReadyForQuery.

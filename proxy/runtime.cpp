@@ -62,7 +62,7 @@ protocol::BackendKeyData Registry::newCancelKey(const std::shared_ptr<ClientSess
   while (true) {
     protocol::BackendKeyData k;
     std::uint8_t raw[8];
-    RAND_bytes(raw, sizeof raw);
+    if (RAND_bytes(raw, sizeof raw) != 1) throw std::runtime_error("RAND_bytes failed");
     // A positive "pid" like a real backend's; the secret key is random.
     k.pid = static_cast<std::int32_t>(((std::uint32_t(raw[0]) << 24) | (raw[1] << 16) |
                                        (raw[2] << 8) | raw[3]) & 0x7fffffff);

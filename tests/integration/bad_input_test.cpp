@@ -3,15 +3,11 @@
 // SQLSTATE/message (or a silent close), and the proxy keeps serving good
 // clients. Rows are cited by their IDs (B1, B2, ...).
 //
-// PROXY BUG (seen at 0379220): every FATAL the proxy writes itself through
-// ClientSession::fatal() / sendError({...}) aborts the whole process
-// ("free(): invalid pointer" / "double free detected in tcache 2"; the core is
-// in ClientSession::fatal() destroying the ErrorFields temporary). GCC 12
-// mishandles a braced temporary aggregate (and a ?: std::string temporary in
-// readAuthMessage) inside a co_await expression. Every test below that
-// expects a proxy-made FATAL fails for that reason until fatal()/sendError()
-// callers build the ErrorFields (and the message) in a named local first
-// (verified on a patched copy: then only B5 and B12 fail, see there).
+// Proxy bugs these tests found are marked "PROXY BUG" where they fail (B5,
+// B8, B12, B25). Before 66a96fc every proxy-written FATAL crashed the process
+// (GCC 12 double-destroying braced temporaries in co_await expressions); the
+// TearDown below restarts a proxy that died so each test reports its own
+// outcome.
 
 #include <signal.h>
 
@@ -94,9 +90,9 @@ class BadInput : public ::testing::Test {
   // Sessions of the source with this application_name (the proxy passes the
   // client's application_name on to the source).
   static int sourceBackends(const std::string& app) {
-    return std::stoi(queryOne(source_->conninfo(),
-                              "SELECT count(*) FROM pg_stat_activity WHERE application_name = " +
-                                  quoteLiteral(app)));
+    return std::stoi(queryOne(
+        source_->conninfo(),
+        "SELECT count(*) FROM pg_stat_activity WHERE application_name = " + quoteLiteral(app)));
   }
 
   static std::string logSince(std::size_t offset) {
@@ -116,7 +112,8 @@ std::unique_ptr<ProxyProcess> BadInput::proxy_;
 std::unique_ptr<ProxyProcess> BadInput::plainProxy_;
 
 // The level of each text-format log line ("<timestamp> <level> <message>").
-std::vector<std::string> linesAtOrAbove(const std::string& log, const std::vector<std::string>& levels) {
+std::vector<std::string> linesAtOrAbove(const std::string& log,
+                                        const std::vector<std::string>& levels) {
   std::vector<std::string> out;
   std::istringstream in(log);
   std::string line;
@@ -182,9 +179,9 @@ TEST_F(BadInput, B1ConnectAndCloseLeavesNoLogLineAboveDebug) {
   RawClient c = connect();
   const std::string who = "(127.0.0.1:" + std::to_string(c.localPort()) + ")";
   c.close();
-  ASSERT_TRUE(waitFor([&] { return logSince(before).find("closed before startup " + who) !=
-                                   std::string::npos; },
-                      5s))
+  ASSERT_TRUE(waitFor(
+      [&] { return logSince(before).find("closed before startup " + who) != std::string::npos; },
+      5s))
       << logSince(before);
   EXPECT_EQ(linesAtOrAbove(logSince(before), kAboveDebug), std::vector<std::string>{});
 }
@@ -198,9 +195,11 @@ TEST_F(BadInput, B2OneToThreeBytesThenEofClosesSilentlyAndLogs) {
     ASSERT_TRUE(c.send(std::string_view("\x00\x00\x00", n)));
     c.shutdownWrite();
     expectSilentClose(c);
-    EXPECT_TRUE(waitFor([&] { return logSince(before).find("incomplete startup packet " + who) !=
-                                     std::string::npos; },
-                        5s))
+    EXPECT_TRUE(waitFor(
+        [&] {
+          return logSince(before).find("incomplete startup packet " + who) != std::string::npos;
+        },
+        5s))
         << n << " bytes: " << logSince(before);
     EXPECT_EQ(linesAtOrAbove(logSince(before), kNoisy), std::vector<std::string>{});
     EXPECT_EQ(proxy_->metric(metricKey("protocol")) - rejected, 1.0) << n << " bytes";
@@ -214,9 +213,11 @@ TEST_F(BadInput, B3StartupLengthBelowEightClosesSilently) {
     const std::uint8_t packet[8] = {0, 0, 0, static_cast<std::uint8_t>(len), 0, 3, 0, 0};
     ASSERT_TRUE(c.send(std::span<const std::uint8_t>(packet)));
     expectSilentClose(c);
-    EXPECT_TRUE(waitFor([&] { return logSince(before).find("invalid length of startup packet") !=
-                                     std::string::npos; },
-                        5s))
+    EXPECT_TRUE(waitFor(
+        [&] {
+          return logSince(before).find("invalid length of startup packet") != std::string::npos;
+        },
+        5s))
         << len;
   }
 }
@@ -248,8 +249,8 @@ TEST_F(BadInput, B5StalledStartupPacketClosedAfterStartupTimeout) {
   EXPECT_GE(elapsed, 900ms);
   EXPECT_LT(elapsed, 3s);
   // The counter is bumped just after the close: wait for it.
-  EXPECT_TRUE(waitFor(
-      [&] { return proxy_->metric(metricKey("startup_timeout")) - timeouts == 1.0; }, 2s))
+  EXPECT_TRUE(
+      waitFor([&] { return proxy_->metric(metricKey("startup_timeout")) - timeouts == 1.0; }, 2s))
       << proxy_->metric(metricKey("startup_timeout")) - timeouts;
   // PROXY BUG: one rejected connection must be counted under one reason. The
   // watchdog closes the socket, the pending read then fails with bytes
@@ -325,8 +326,8 @@ TEST_F(BadInput, B8NewerMinorVersionAndPqOptionGetNegotiateProtocolVersion) {
     // SendNegotiateProtocolVersion() sends PG_PROTOCOL_LATEST (the full
     // major<<16|minor code), and libpq's pqGetNegotiateProtocolVersion3()
     // compares it with PG_PROTOCOL(3, 0), so 0 reads as a pre-3.0 downgrade.
-    std::vector<std::uint8_t> expected = {0, 3, 0, 0, 0, 0, 0,
-                                          static_cast<std::uint8_t>(tc.unrecognised.size())};
+    std::vector<std::uint8_t> expected = {
+        0, 3, 0, 0, 0, 0, 0, static_cast<std::uint8_t>(tc.unrecognised.size())};
     for (const auto& opt : tc.unrecognised) {
       expected.insert(expected.end(), opt.begin(), opt.end());
       expected.push_back(0);
@@ -392,9 +393,9 @@ TEST_F(BadInput, B12HugeUserNameIsTruncatedAnsweredAndLoggedSanitized) {
   const std::string truncated = user.substr(0, 63);
   EXPECT_EQ(r.error->message, "password authentication failed for user \"" + truncated + "\"");
   EXPECT_EQ(proxy_->metric(metricKey("auth_failed")) - failed, 1.0);
-  ASSERT_TRUE(waitFor([&] { return logSince(before).find("authentication failed for user") !=
-                                   std::string::npos; },
-                      5s));
+  ASSERT_TRUE(waitFor(
+      [&] { return logSince(before).find("authentication failed for user") != std::string::npos; },
+      5s));
   const std::string log = logSince(before);
   // PROXY BUG: authFailed() logs the AuthFailure message, which quotes the
   // raw (truncated) user name: the escape byte reaches the log unsanitized
@@ -497,8 +498,7 @@ TEST_F(BadInput, B20TlsHandshakeGarbageAfterSClosesAndProxyServesOthers) {
     ASSERT_EQ(answer, 'S');
     c.close();
   }
-  ASSERT_TRUE(
-      waitFor([&] { return proxy_->metric(metricKey("tls")) - tlsRejected == 2.0; }, 5s))
+  ASSERT_TRUE(waitFor([&] { return proxy_->metric(metricKey("tls")) - tlsRejected == 2.0; }, 5s))
       << proxy_->metric(metricKey("tls")) - tlsRejected;
   EXPECT_EQ(linesAtOrAbove(logSince(before), kNoisy), std::vector<std::string>{});
   PqConn good(proxy_->url());
@@ -544,6 +544,11 @@ TEST_F(BadInput, B24QueryBeforeAuthenticationIs08P01) {
   expectFatalThenClose(d, "08P01", "expected password response, got message type 80");
 }
 
+// PROXY BUG (at 55de16d): readAuthMessage() passes a ?: of two std::string
+// temporaries straight into co_await fatal(...); GCC 12 destroys one twice and
+// the whole proxy aborts ("double free detected in tcache 2", seen when run
+// after B24; alone it may pass). A named std::string before co_await fixes it
+// (verified on a patched copy).
 TEST_F(BadInput, B25OversizedPasswordMessageIs08P01WithoutBuffering) {
   RawClient c = connect();
   ASSERT_TRUE(c.send(startupPacket(appParams())));

@@ -21,7 +21,6 @@
 
 #include <algorithm>
 #include <chrono>
-#include <cmath>
 #include <cstdint>
 #include <filesystem>
 #include <fstream>
@@ -781,7 +780,6 @@ TEST_F(ClientsTest, PipelineModeErrorAbortsOnlyItsSegment) {
   constexpr int kFirst = 100;
   constexpr int kFailing = 50;
   constexpr int kSecond = 10;
-  std::vector<std::string> params;
   auto send = [&](const char* sql, int value) {
     const std::string v = std::to_string(value);
     const char* values[1] = {v.c_str()};

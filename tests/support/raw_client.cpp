@@ -7,9 +7,9 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
-#include <algorithm>
 #include <fstream>
 #include <initializer_list>
 #include <stdexcept>
@@ -62,10 +62,14 @@ int connectFd(std::uint16_t port, const std::string& host, std::string& error) {
 
 const char* toString(ReadStatus s) {
   switch (s) {
-    case ReadStatus::kOk: return "ok";
-    case ReadStatus::kClosed: return "closed";
-    case ReadStatus::kTimeout: return "timeout";
-    case ReadStatus::kMalformed: return "malformed";
+    case ReadStatus::kOk:
+      return "ok";
+    case ReadStatus::kClosed:
+      return "closed";
+    case ReadStatus::kTimeout:
+      return "timeout";
+    case ReadStatus::kMalformed:
+      return "malformed";
   }
   return "?";
 }
@@ -107,7 +111,9 @@ std::optional<RawClient> RawClient::tryConnect(std::uint16_t port, std::string* 
   return c;
 }
 
-RawClient::~RawClient() { close(); }
+RawClient::~RawClient() {
+  close();
+}
 
 RawClient::RawClient(RawClient&& other) noexcept
     : fd_(std::exchange(other.fd_, -1)),
@@ -145,7 +151,9 @@ bool RawClient::send(std::span<const std::uint8_t> bytes) {
   return true;
 }
 
-bool RawClient::send(std::string_view bytes) { return send(protocol::asBytes(bytes)); }
+bool RawClient::send(std::string_view bytes) {
+  return send(protocol::asBytes(bytes));
+}
 
 ReadStatus RawClient::fill(Clock::time_point deadline) {
   if (fd_ < 0 || peerClosed_) return ReadStatus::kClosed;
@@ -214,7 +222,8 @@ CloseResult RawClient::readUntilClose(std::chrono::milliseconds timeout) {
   const auto deadline = Clock::now() + timeout;
   CloseResult out;
   while (true) {
-    const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now());
+    const auto left =
+        std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now());
     ReadResult r = read(std::max(left, std::chrono::milliseconds(0)));
     if (r.status == ReadStatus::kOk) {
       out.messages.push_back(std::move(r.message));
@@ -222,9 +231,9 @@ CloseResult RawClient::readUntilClose(std::chrono::milliseconds timeout) {
     }
     if (r.status == ReadStatus::kMalformed) {
       // Not a PostgreSQL message stream (e.g. a TLS alert): keep reading raw.
-      auto rest = readRawUntilClose(std::max(
-          std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now()),
-          std::chrono::milliseconds(0)));
+      auto rest = readRawUntilClose(
+          std::max(std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now()),
+                   std::chrono::milliseconds(0)));
       out.closed = rest.has_value();
       out.trailingBytes = rest ? rest->size() : buf_.size();
       return out;
@@ -400,7 +409,8 @@ QueryResult readUntilReady(RawClient& c, int readyCount, std::chrono::millisecon
   const auto deadline = Clock::now() + timeout;
   QueryResult q;
   while (q.readyCount < readyCount) {
-    const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now());
+    const auto left =
+        std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now());
     ReadResult r = c.read(std::max(left, std::chrono::milliseconds(0)));
     if (r.status == ReadStatus::kTimeout) {
       q.timedOut = true;
