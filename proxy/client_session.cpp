@@ -475,9 +475,9 @@ awaitable<bool> ClientSession::connectSource() {
   metrics().serverConnections(Side::kSource).inc();
   serverKey_ = login.key;
   serverEndpoint_ = login.endpoint;
-  // The client gets its own cancel key: the server's never leaves the proxy,
-  // so a cancel always goes through the registry to the right session.
-  proxyKey_ = registry_.newCancelKey(shared_from_this());
+  // The client gets its own secret cancel key: the server's never leaves the
+  // proxy, so a cancel always goes through the registry to the right session.
+  proxyKey_ = registry_.newCancelKey(shared_from_this(), login.key.pid);
   std::vector<std::uint8_t> out = std::move(login.replay);
   protocol::encodeBackendKey(*proxyKey_, out);
   protocol::encodeReadyForQuery(login.txStatus, out);

@@ -57,18 +57,20 @@ void Registry::remove(const ClientSession* s, std::optional<protocol::BackendKey
   if (key) byKey_.erase(packKey(*key));
 }
 
-protocol::BackendKeyData Registry::newCancelKey(const std::shared_ptr<ClientSession>& s) {
+protocol::BackendKeyData Registry::newCancelKey(const std::shared_ptr<ClientSession>& s,
+                                                std::int32_t serverPid) {
   std::lock_guard lock(mu_);
   while (true) {
     protocol::BackendKeyData k;
-    std::uint8_t raw[8];
+    std::uint8_t raw[4];
     if (RAND_bytes(raw, sizeof raw) != 1) throw std::runtime_error("RAND_bytes failed");
-    // A positive "pid" like a real backend's; the secret key is random.
-    k.pid = static_cast<std::int32_t>(((std::uint32_t(raw[0]) << 24) | (raw[1] << 16) |
-                                       (raw[2] << 8) | raw[3]) & 0x7fffffff);
-    k.key = static_cast<std::int32_t>((std::uint32_t(raw[4]) << 24) | (raw[5] << 16) |
-                                      (raw[6] << 8) | raw[7]);
-    if (k.pid == 0) continue;
+    // The pid is the server backend's own, so that what the client sees in
+    // NotificationResponse and pg_backend_pid() matches its BackendKeyData
+    // (clients skip their own NOTIFYs that way). The secret key is ours and
+    // random: the server's key never leaves the proxy.
+    k.pid = serverPid;
+    k.key = static_cast<std::int32_t>((std::uint32_t(raw[0]) << 24) | (raw[1] << 16) |
+                                      (raw[2] << 8) | raw[3]);
     if (byKey_.emplace(packKey(k), s).second) return k;
   }
 }

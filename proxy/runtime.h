@@ -63,8 +63,10 @@ class Registry {
 
   void add(const std::shared_ptr<ClientSession>& s);
   void remove(const ClientSession* s, std::optional<protocol::BackendKeyData> key);
-  // A fresh random cancel key for a session, unique among live sessions.
-  [[nodiscard]] protocol::BackendKeyData newCancelKey(const std::shared_ptr<ClientSession>& s);
+  // The session's BackendKeyData: the server's pid and a fresh random key,
+  // unique among live sessions.
+  [[nodiscard]] protocol::BackendKeyData newCancelKey(const std::shared_ptr<ClientSession>& s,
+                                                      std::int32_t serverPid);
   [[nodiscard]] std::shared_ptr<ClientSession> findByCancelKey(protocol::BackendKeyData k);
   [[nodiscard]] std::vector<std::shared_ptr<ClientSession>> all();
   [[nodiscard]] std::size_t size();

@@ -32,8 +32,7 @@ tcp::endpoint resolveListen(asio::io_context& io, const config::Endpoint& ep) {
 ProxyServer::ProxyServer(config::Config cfg, std::string configPath)
     : configPath_(std::move(configPath)),
       acceptor_(mainIo_),
-      signals_(mainIo_, SIGTERM, SIGINT, SIGHUP),
-      shutdownTimer_(mainIo_) {
+      signals_(mainIo_, SIGTERM, SIGINT, SIGHUP) {
   mockSecret_.resize(32);
   RAND_bytes(mockSecret_.data(), static_cast<int>(mockSecret_.size()));
   rt_ = buildRuntime(cfg, mockSecret_);
@@ -138,38 +137,41 @@ void ProxyServer::waitForSignals() {
 
 void ProxyServer::beginShutdown(bool immediate) {
   auto rt = runtime();
-  if (!shuttingDown_) {
-    shuttingDown_ = true;
-    accepting_ = false;
-    error_code ignored;
-    acceptor_.close(ignored);
-    for (auto& s : registry_.all()) s->requestShutdown();
-    shutdownTimer_.expires_after(rt->cfg.limits.shutdownTimeout);
-  }
-  if (immediate) shutdownTimer_.expires_after(std::chrono::milliseconds(0));
-  // Poll the registry until every session is gone or the timeout passes.
-  auto deadline = shutdownTimer_.expiry();
-  auto poll = std::make_shared<std::function<void()>>();
-  auto forcedAt = std::make_shared<std::optional<std::chrono::steady_clock::time_point>>();
-  *poll = [this, poll, deadline, forcedAt] {
+  if (immediate) shutdownDeadline_ = std::chrono::steady_clock::now();
+  if (shuttingDown_) return;
+  shuttingDown_ = true;
+  accepting_ = false;
+  error_code ignored;
+  acceptor_.close(ignored);
+  for (auto& s : registry_.all()) s->requestShutdown();
+  if (!immediate) shutdownDeadline_ = std::chrono::steady_clock::now() + rt->cfg.limits.shutdownTimeout;
+  asio::co_spawn(mainIo_, shutdownLoop(), asio::detached);
+}
+
+awaitable<void> ProxyServer::shutdownLoop() {
+  // Sessions close themselves at their next transaction boundary; past the
+  // deadline they are closed; after 3 more seconds the process goes anyway.
+  asio::steady_timer tick(mainIo_);
+  std::optional<std::chrono::steady_clock::time_point> forcedAt;
+  while (true) {
     auto now = std::chrono::steady_clock::now();
     std::size_t left = registry_.size();
-    if (left == 0 || (forcedAt->has_value() && now - **forcedAt > std::chrono::seconds(3))) {
-      if (left > 0) spdlog::warn("{} sessions did not close in time", left);
-      if (admin_) admin_->stop();
-      signals_.cancel();
-      mainIo_.stop();
-      return;
+    if (left == 0) break;
+    if (forcedAt && now - *forcedAt > std::chrono::seconds(3)) {
+      spdlog::warn("{} sessions did not close in time", left);
+      break;
     }
-    if (now >= deadline && !forcedAt->has_value()) {
+    if (!forcedAt && now >= shutdownDeadline_) {
       spdlog::warn("shutdown timeout: closing {} sessions", left);
       for (auto& s : registry_.all()) s->forceClose();
-      *forcedAt = now;
+      forcedAt = now;
     }
-    auto t = std::make_shared<asio::steady_timer>(mainIo_, std::chrono::milliseconds(20));
-    t->async_wait([poll, t](error_code) { (*poll)(); });
-  };
-  asio::post(mainIo_, [poll] { (*poll)(); });
+    tick.expires_after(std::chrono::milliseconds(20));
+    co_await tick.async_wait(kUseAwaitable);
+  }
+  if (admin_) admin_->stop();
+  signals_.cancel();
+  mainIo_.stop();
 }
 
 void ProxyServer::reload() {

@@ -33,6 +33,7 @@ class ProxyServer {
  private:
   awaitable<void> acceptLoop();
   void beginShutdown(bool immediate);
+  awaitable<void> shutdownLoop();
   void reload();
   void waitForSignals();
   [[nodiscard]] std::shared_ptr<const Runtime> runtime();
@@ -51,7 +52,7 @@ class ProxyServer {
   tcp::acceptor acceptor_;
   std::unique_ptr<AdminServer> admin_;
   asio::signal_set signals_;
-  asio::steady_timer shutdownTimer_;
+  std::chrono::steady_clock::time_point shutdownDeadline_{};
   Registry registry_;
   std::atomic<bool> accepting_{false};
   bool shuttingDown_ = false;

@@ -1,6 +1,8 @@
 // libFuzzer target: the frontend body decoders the proxy runs on client input
 // (protocol/frontend.h): decodePasswordBody, decodeSaslInitialBody,
-// decodeQueryBody (RELIABILITY B25, B27, B37).
+// decodeQueryBody, and the extended-protocol names the proxy tracks:
+// decodeParseBody, decodeBindNames, decodeExecutePortal, decodeCloseBody
+// (RELIABILITY B25, B27, B37, B38).
 //
 // Input layout: one message body (what follows the 5-byte header), handed to
 // every decoder in an exact-size copy so ASan reports any overread.
@@ -93,6 +95,42 @@ void checkSaslInitial(Bytes body) {
   FUZZ_REQUIRE(bytesEqual(encodedBody(out, 'p'), body));
 }
 
+// Parse: statement NUL query NUL Int16 n, n x Int32 type oids.
+void checkParse(Bytes body) {
+  const auto p = proto::decodeParseBody(body);
+  if (!p) return;
+  FUZZ_REQUIRE(inside(p->statement, body) && inside(p->query, body));
+  FUZZ_REQUIRE(p->statement.find('\0') == std::string_view::npos);
+  FUZZ_REQUIRE(p->query.find('\0') == std::string_view::npos);
+  const std::size_t fixed = p->statement.size() + 1 + p->query.size() + 1 + 2;
+  FUZZ_REQUIRE(body.size() >= fixed && (body.size() - fixed) % 4 == 0);
+}
+
+// Bind: only the two names are decoded; they must lie inside the body.
+void checkBindNames(Bytes body) {
+  const auto b = proto::decodeBindNames(body);
+  if (!b) return;
+  FUZZ_REQUIRE(inside(b->portal, body) && inside(b->statement, body));
+  FUZZ_REQUIRE(b->portal.size() + 1 + b->statement.size() + 1 <= body.size());
+}
+
+void checkExecute(Bytes body) {
+  const auto portal = proto::decodeExecutePortal(body);
+  if (!portal) return;
+  FUZZ_REQUIRE(inside(*portal, body) && portal->size() + 1 + 4 == body.size());
+  std::vector<std::uint8_t> out;
+  proto::encodeExecute(*portal, static_cast<std::int32_t>(bigEndian32(body.subspan(body.size() - 4))),
+                       out);
+  FUZZ_REQUIRE(bytesEqual(encodedBody(out, 'E'), body));
+}
+
+void checkClose(Bytes body) {
+  const auto c = proto::decodeCloseBody(body);
+  if (!c) return;
+  FUZZ_REQUIRE(c->kind == 'S' || c->kind == 'P');
+  FUZZ_REQUIRE(inside(c->name, body) && c->name.size() + 2 == body.size());
+}
+
 }  // namespace
 }  // namespace pghandoff::test
 
@@ -103,5 +141,9 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   checkPassword(body);
   checkQuery(body);
   checkSaslInitial(body);
+  checkParse(body);
+  checkBindNames(body);
+  checkExecute(body);
+  checkClose(body);
   return 0;
 }
