@@ -84,6 +84,12 @@ int ProxyServer::run() {
   spdlog::info("pghandoff {} listening on {} (source {}), {} worker threads", PGHANDOFF_VERSION,
                config::toString(rt->cfg.listen), config::describe(rt->source), workerIo_.size());
   mainIo_.run();
+  // Let the cancelled accept (and anything else already completed) finish
+  // its coroutine before the contexts go away.
+  error_code ignored;
+  acceptor_.close(ignored);
+  mainIo_.restart();
+  mainIo_.poll();
   for (auto& g : guards_) g.reset();
   for (auto& io : workerIo_) io->stop();
   for (auto& t : threads_) t.join();

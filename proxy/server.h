@@ -38,22 +38,26 @@ class ProxyServer {
   void waitForSignals();
   [[nodiscard]] std::shared_ptr<const Runtime> runtime();
 
+  // Declaration order is destruction order reversed, and it matters: the
+  // main context's pending accept holds a socket of a worker context, so the
+  // workers outlive the main context; session frames destroyed with the
+  // worker contexts still use the registry, so it outlives them.
   std::string configPath_;
   std::vector<std::uint8_t> mockSecret_;
   std::mutex rtMu_;
   std::shared_ptr<const Runtime> rt_;
+  Registry registry_;
 
-  asio::io_context mainIo_;
   std::vector<std::unique_ptr<asio::io_context>> workerIo_;
   std::vector<asio::executor_work_guard<asio::io_context::executor_type>> guards_;
   std::vector<std::thread> threads_;
   std::size_t nextWorker_ = 0;
 
+  asio::io_context mainIo_;
   tcp::acceptor acceptor_;
   std::unique_ptr<AdminServer> admin_;
   asio::signal_set signals_;
   std::chrono::steady_clock::time_point shutdownDeadline_{};
-  Registry registry_;
   std::atomic<bool> accepting_{false};
   bool shuttingDown_ = false;
   std::uint64_t nextSessionId_ = 1;

@@ -167,8 +167,8 @@ awaitable<LoginResult> ServerConnection::loginSteps(
             // server proved it knows the password (its signature in
             // SASLFinal); a spoofing server could skip SASLFinal.
             if (scram && !scramVerified) {
-              co_return fail("server at " + where(info) +
-                             " skipped the SCRAM server signature", protocol::sqlstate::kProtocolViolation);
+              co_return fail(where(info) + " skipped the SCRAM server signature",
+                             protocol::sqlstate::kProtocolViolation);
             }
             authenticated = true;
             break;

@@ -15,6 +15,7 @@
 
 #include "protocol/buffer.h"
 #include "protocol/error.h"
+#include "protocol/frame.h"
 #include "protocol/frontend.h"
 #include "protocol/scram.h"
 
@@ -430,13 +431,16 @@ void FakeServer::acceptLoop() {
     const int one = 1;
     ::setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
     auto rec = std::make_shared<FakeConnRecord>();
-    std::lock_guard<std::mutex> lock(mutex_);
-    Script script = script_ ? script_ : Script(&FakeServer::defaultScript);
-    records_.push_back(rec);
-    ++accepted_;
-    workers_.emplace_back([this, fd, rec, script = std::move(script)] {
-      runConnection(fd, rec, script);
-    });
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      Script script = script_ ? script_ : Script(&FakeServer::defaultScript);
+      records_.push_back(rec);
+      ++accepted_;
+      workers_.emplace_back([this, fd, rec, script = std::move(script)] {
+        runConnection(fd, rec, script);
+      });
+    }
+    changed_.notify_all();
   }
 }
 
