@@ -183,8 +183,7 @@ FakeRead FakeConn::fill(Clock::time_point deadline) {
   if (fd_ < 0 || peerClosed_) return FakeRead::kClosed;
   while (true) {
     if (server_.stopping()) return FakeRead::kTimeout;
-    const auto left =
-        std::chrono::duration_cast<milliseconds>(deadline - Clock::now()).count();
+    const auto left = std::chrono::duration_cast<milliseconds>(deadline - Clock::now()).count();
     if (left <= 0) return FakeRead::kTimeout;
     pollfd p{fd_, POLLIN, 0};
     const int r = ::poll(&p, 1, static_cast<int>(std::min<long>(left, kPollSliceMs)));
@@ -309,8 +308,7 @@ bool FakeConn::sendTrustLogin(protocol::BackendKeyData key) {
   return send(out);
 }
 
-FakeConn::ScramOutcome FakeConn::scramLogin(const Scram& scram,
-                                            std::chrono::milliseconds timeout) {
+FakeConn::ScramOutcome FakeConn::scramLogin(const Scram& scram, std::chrono::milliseconds timeout) {
   auto verifier = protocol::makeScramVerifier(scram.password);
   if (!verifier) return ScramOutcome::kClientFailed;
   std::string user;
@@ -379,7 +377,8 @@ bool FakeConn::serveQueries(
 
 FakeServer::FakeServer(Script script) : script_(std::move(script)) {
   listenFd_ = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  if (listenFd_ < 0) throw std::runtime_error(std::string("FakeServer socket: ") + std::strerror(errno));
+  if (listenFd_ < 0)
+    throw std::runtime_error(std::string("FakeServer socket: ") + std::strerror(errno));
   const int one = 1;
   ::setsockopt(listenFd_, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
   sockaddr_in addr{};
@@ -436,9 +435,8 @@ void FakeServer::acceptLoop() {
       Script script = script_ ? script_ : Script(&FakeServer::defaultScript);
       records_.push_back(rec);
       ++accepted_;
-      workers_.emplace_back([this, fd, rec, script = std::move(script)] {
-        runConnection(fd, rec, script);
-      });
+      workers_.emplace_back(
+          [this, fd, rec, script = std::move(script)] { runConnection(fd, rec, script); });
     }
     changed_.notify_all();
   }
@@ -488,8 +486,7 @@ bool FakeServer::waitFinished(int count, std::chrono::milliseconds timeout) {
 bool FakeServer::waitIdle(std::chrono::milliseconds timeout) {
   std::unique_lock<std::mutex> lock(mutex_);
   return changed_.wait_for(lock, timeout, [&] {
-    return std::all_of(records_.begin(), records_.end(),
-                       [](const auto& r) { return r->finished; });
+    return std::all_of(records_.begin(), records_.end(), [](const auto& r) { return r->finished; });
   });
 }
 

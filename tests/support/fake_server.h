@@ -129,10 +129,10 @@ class FakeConn {
     bool skipServerFinal = false;
   };
   enum class ScramOutcome : std::uint8_t {
-    kOk,             // AuthenticationSASLFinal (or the skip) and AuthenticationOk were sent
-    kPeerGone,       // the peer closed or went silent before sending its next message
-    kUnexpected,     // the peer sent something that is not a SASL message
-    kClientFailed,   // ScramServer rejected the client's messages (e.g. wrong password)
+    kOk,            // AuthenticationSASLFinal (or the skip) and AuthenticationOk were sent
+    kPeerGone,      // the peer closed or went silent before sending its next message
+    kUnexpected,    // the peer sent something that is not a SASL message
+    kClientFailed,  // ScramServer rejected the client's messages (e.g. wrong password)
   };
   // Does not send the login tail: call send(loginTail()) after kOk.
   ScramOutcome scramLogin(const Scram& scram,
@@ -142,9 +142,9 @@ class FakeConn {
 
   // Answers each simple Query with onQuery(sql) (default: one row "1")
   // until Terminate (true), close (true) or a timeout/other message (false).
-  bool serveQueries(const std::function<std::vector<std::uint8_t>(std::string_view sql)>&
-                        onQuery = {},
-                    std::chrono::milliseconds idle = std::chrono::seconds(10));
+  bool serveQueries(
+      const std::function<std::vector<std::uint8_t>(std::string_view sql)>& onQuery = {},
+      std::chrono::milliseconds idle = std::chrono::seconds(10));
 
  private:
   friend class FakeServer;
