@@ -852,8 +852,8 @@ TEST_F(ClientsTest, PipelineModeErrorAbortsOnlyItsSegment) {
 // ---------------------------------------------------------------------------
 
 TEST_F(ClientsTest, LargeCopyOutAndLargeValueStreamWithBoundedProxyMemory) {
-#if defined(__SANITIZE_ADDRESS__)
-  // ASan's shadow memory and quarantine dwarf the proxy's own buffers: the
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+  // A sanitizer's shadow memory and quarantine dwarf the proxy's own buffers: the
   // bound is only meaningful in builds without it (the release run checks it).
   constexpr long kLimitKib = 4L * 1024 * 1024;
 #else
