@@ -91,8 +91,8 @@ int adminRequest(const std::string& adminUrl, const std::string& method, const s
     tcp::resolver resolver(io);
     tcp::socket sock(io);
     asio::connect(sock, resolver.resolve(host, port));
-    std::string req = method + " " + path + " HTTP/1.1\r\nHost: " + hostport +
-                      "\r\nConnection: close\r\n";
+    std::string req =
+        method + " " + path + " HTTP/1.1\r\nHost: " + hostport + "\r\nConnection: close\r\n";
     if (token != nullptr) req += std::string("Authorization: Bearer ") + token + "\r\n";
     if (!body.empty()) {
       req += "Content-Type: application/json\r\nContent-Length: " + std::to_string(body.size()) +
@@ -146,7 +146,8 @@ int main(int argc, char** argv) {
     return usage(2);
   }
   if (cmd == "check" || cmd == "seed" || cmd == "verify") return notBuiltYet(cmd, "issue 4");
-  if (cmd == "demo") return notBuiltYet(cmd, "issue 4; `scripts/demo.sh` runs the pass-through demo");
+  if (cmd == "demo")
+    return notBuiltYet(cmd, "issue 4; `scripts/demo.sh` runs the pass-through demo");
   std::fprintf(stderr, "pghandoff: unknown command '%s'\n", cmd.c_str());
   return usage(2);
 }

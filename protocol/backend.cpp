@@ -39,7 +39,9 @@ std::optional<AuthRequest> decodeAuthBody(Bytes body) {
 }
 
 namespace {
-void authHeader(Writer& w, AuthCode c) { w.begin('R').int32(static_cast<std::int32_t>(c)); }
+void authHeader(Writer& w, AuthCode c) {
+  w.begin('R').int32(static_cast<std::int32_t>(c));
+}
 }  // namespace
 
 void encodeAuthOk(std::vector<std::uint8_t>& out) {

@@ -26,9 +26,9 @@ enum class AuthCode : std::int32_t {
 
 struct AuthRequest {
   std::int32_t code = 0;
-  std::vector<std::uint8_t> md5Salt;     // 4 bytes, kMd5Password
-  std::vector<std::string> mechanisms;   // kSasl
-  std::vector<std::uint8_t> data;        // kSaslContinue / kSaslFinal
+  std::vector<std::uint8_t> md5Salt;    // 4 bytes, kMd5Password
+  std::vector<std::string> mechanisms;  // kSasl
+  std::vector<std::uint8_t> data;       // kSaslContinue / kSaslFinal
 };
 [[nodiscard]] std::optional<AuthRequest> decodeAuthBody(Bytes body);
 

@@ -57,7 +57,8 @@ class Reader {
       ok_ = false;
       return {};
     }
-    auto len = static_cast<std::size_t>(static_cast<const std::uint8_t*>(nul) - (in_.data() + pos_));
+    auto len =
+        static_cast<std::size_t>(static_cast<const std::uint8_t*>(nul) - (in_.data() + pos_));
     std::string_view s(reinterpret_cast<const char*>(in_.data() + pos_), len);
     pos_ += len + 1;
     return s;

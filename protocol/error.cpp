@@ -26,13 +26,26 @@ std::optional<ErrorFields> decodeErrorBody(Bytes body) {
     std::string_view v = r.cstring();
     if (!r.ok()) return std::nullopt;
     switch (field) {
-      case 'V': e.severity = v; break;
-      case 'S': if (e.severity.empty()) e.severity = v; break;
-      case 'C': e.code = v; break;
-      case 'M': e.message = v; break;
-      case 'D': e.detail = v; break;
-      case 'H': e.hint = v; break;
-      default: break;
+      case 'V':
+        e.severity = v;
+        break;
+      case 'S':
+        if (e.severity.empty()) e.severity = v;
+        break;
+      case 'C':
+        e.code = v;
+        break;
+      case 'M':
+        e.message = v;
+        break;
+      case 'D':
+        e.detail = v;
+        break;
+      case 'H':
+        e.hint = v;
+        break;
+      default:
+        break;
     }
   }
   if (e.code.size() != 5) e.code = sqlstate::kInternalError;

@@ -4,19 +4,36 @@ namespace pghandoff::protocol {
 
 const char* toString(FrameStatus s) {
   switch (s) {
-    case FrameStatus::kNeedMore: return "need more";
-    case FrameStatus::kOk: return "ok";
-    case FrameStatus::kBadType: return "invalid message type";
-    case FrameStatus::kBadLength: return "invalid message length";
-    case FrameStatus::kTooLarge: return "message too large";
+    case FrameStatus::kNeedMore:
+      return "need more";
+    case FrameStatus::kOk:
+      return "ok";
+    case FrameStatus::kBadType:
+      return "invalid message type";
+    case FrameStatus::kBadLength:
+      return "invalid message length";
+    case FrameStatus::kTooLarge:
+      return "message too large";
   }
   return "?";
 }
 
 bool isFrontendType(char t) {
   switch (t) {
-    case 'B': case 'C': case 'd': case 'c': case 'f': case 'D': case 'E': case 'H':
-    case 'F': case 'P': case 'p': case 'Q': case 'S': case 'X':
+    case 'B':
+    case 'C':
+    case 'd':
+    case 'c':
+    case 'f':
+    case 'D':
+    case 'E':
+    case 'H':
+    case 'F':
+    case 'P':
+    case 'p':
+    case 'Q':
+    case 'S':
+    case 'X':
       return true;
     default:
       return false;
@@ -25,9 +42,30 @@ bool isFrontendType(char t) {
 
 bool isBackendType(char t) {
   switch (t) {
-    case 'R': case 'K': case '2': case '3': case 'C': case 'd': case 'c': case 'G':
-    case 'H': case 'W': case 'D': case 'I': case 'E': case 'V': case 'n': case 'N':
-    case 'A': case 't': case 'S': case '1': case 's': case 'T': case 'Z': case 'v':
+    case 'R':
+    case 'K':
+    case '2':
+    case '3':
+    case 'C':
+    case 'd':
+    case 'c':
+    case 'G':
+    case 'H':
+    case 'W':
+    case 'D':
+    case 'I':
+    case 'E':
+    case 'V':
+    case 'n':
+    case 'N':
+    case 'A':
+    case 't':
+    case 'S':
+    case '1':
+    case 's':
+    case 'T':
+    case 'Z':
+    case 'v':
       return true;
     default:
       return false;
@@ -37,15 +75,22 @@ bool isBackendType(char t) {
 namespace {
 
 std::uint32_t readLength(Bytes in) {
-  return (std::uint32_t{in[1]} << 24) | (std::uint32_t{in[2]} << 16) |
-         (std::uint32_t{in[3]} << 8) | std::uint32_t{in[4]};
+  return (std::uint32_t{in[1]} << 24) | (std::uint32_t{in[2]} << 16) | (std::uint32_t{in[3]} << 8) |
+         std::uint32_t{in[4]};
 }
 
 // Frontend messages whose body is always short (postgres.c uses
 // PQ_SMALL_MESSAGE_LIMIT for exactly these).
 bool isSmallFrontend(char t) {
   switch (t) {
-    case 'S': case 'H': case 'X': case 'E': case 'D': case 'C': case 'c': case 'f':
+    case 'S':
+    case 'H':
+    case 'X':
+    case 'E':
+    case 'D':
+    case 'C':
+    case 'c':
+    case 'f':
       return true;
     default:
       return false;
@@ -55,7 +100,13 @@ bool isSmallFrontend(char t) {
 // libpq's VALID_LONG_MESSAGE_TYPE: every other backend message is short.
 bool isLongBackend(char t) {
   switch (t) {
-    case 'T': case 'D': case 'd': case 'V': case 'E': case 'N': case 'A':
+    case 'T':
+    case 'D':
+    case 'd':
+    case 'V':
+    case 'E':
+    case 'N':
+    case 'A':
       return true;
     default:
       return false;

@@ -28,7 +28,7 @@ struct StartupMessage {
 
 enum class StartupError : std::uint8_t {
   kNone,
-  kBadLayout,      // missing terminator, odd strings, trailing bytes (B9, B10)
+  kBadLayout,  // missing terminator, odd strings, trailing bytes (B9, B10)
   kDuplicateKey,
 };
 

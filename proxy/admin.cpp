@@ -124,16 +124,34 @@ class JsonCursor {
     if (i_ >= s_.size()) return false;
     char e = s_[i_++];
     switch (e) {
-      case '"': out += '"'; return true;
-      case '\\': out += '\\'; return true;
-      case '/': out += '/'; return true;
-      case 'b': out += '\b'; return true;
-      case 'f': out += '\f'; return true;
-      case 'n': out += '\n'; return true;
-      case 'r': out += '\r'; return true;
-      case 't': out += '\t'; return true;
-      case 'u': break;
-      default: return false;
+      case '"':
+        out += '"';
+        return true;
+      case '\\':
+        out += '\\';
+        return true;
+      case '/':
+        out += '/';
+        return true;
+      case 'b':
+        out += '\b';
+        return true;
+      case 'f':
+        out += '\f';
+        return true;
+      case 'n':
+        out += '\n';
+        return true;
+      case 'r':
+        out += '\r';
+        return true;
+      case 't':
+        out += '\t';
+        return true;
+      case 'u':
+        break;
+      default:
+        return false;
     }
     auto unit = hex4();
     if (!unit) return false;
@@ -289,11 +307,21 @@ std::string jsonEscape(std::string_view s) {
   for (char ch : s) {
     auto c = static_cast<unsigned char>(ch);
     switch (c) {
-      case '"': out += "\\\""; break;
-      case '\\': out += "\\\\"; break;
-      case '\n': out += "\\n"; break;
-      case '\r': out += "\\r"; break;
-      case '\t': out += "\\t"; break;
+      case '"':
+        out += "\\\"";
+        break;
+      case '\\':
+        out += "\\\\";
+        break;
+      case '\n':
+        out += "\\n";
+        break;
+      case '\r':
+        out += "\\r";
+        break;
+      case '\t':
+        out += "\\t";
+        break;
       default:
         if (c < 0x20) {
           out += "\\u00";
@@ -423,8 +451,7 @@ struct AdminServer::State {
         if (!hooks.statusJson) {
           return errorResponse(http::status::service_unavailable, "status not available", req);
         }
-        return jsonResponse(http::status::ok, hooks.statusJson(), req.version(),
-                            req.keep_alive());
+        return jsonResponse(http::status::ok, hooks.statusJson(), req.version(), req.keep_alive());
       }
       if (path == "/phase" && isGet) {
         if (!hooks.phase) {
@@ -604,7 +631,9 @@ AdminServer::AdminServer(asio::io_context& io, const std::string& host, std::uin
   if (ec) fail("read the local address of");
 }
 
-AdminServer::~AdminServer() { stop(); }
+AdminServer::~AdminServer() {
+  stop();
+}
 
 void AdminServer::start() {
   asio::co_spawn(state_->strand, acceptLoop(state_), logSpawnFailure);
@@ -614,6 +643,8 @@ void AdminServer::stop() {
   asio::dispatch(state_->strand, [st = state_] { st->closeAll(); });
 }
 
-std::uint16_t AdminServer::port() const { return port_; }
+std::uint16_t AdminServer::port() const {
+  return port_;
+}
 
 }  // namespace pghandoff::proxy

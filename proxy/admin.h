@@ -34,9 +34,9 @@ struct AdminOptions {
   // a kept-alive connection; a response must be taken within it too. Otherwise the connection
   // is closed.
   std::chrono::milliseconds timeout{10'000};
-  std::size_t maxConnections = 64;  // more are accepted and closed at once
-  std::size_t headerLimit = 8 * 1024;   // 431 above
-  std::size_t bodyLimit = 64 * 1024;    // 413 above
+  std::size_t maxConnections = 64;     // more are accepted and closed at once
+  std::size_t headerLimit = 8 * 1024;  // 431 above
+  std::size_t bodyLimit = 64 * 1024;   // 413 above
 };
 
 // Destroy an AdminServer before its io_context. The coroutines share its state, so it is also

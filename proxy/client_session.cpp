@@ -176,8 +176,8 @@ awaitable<bool> ClientSession::startupPhase() {
       if (cbuf_.pendingSize() > packetSize) {
         metrics().clientConnectionsRejectedTotal(RejectReason::kProtocol).inc();
         prepareFatal(sqlstate::kProtocolViolation,
-                       ssl ? "received unencrypted data after SSL request"
-                           : "received unencrypted data after GSSAPI encryption request");
+                     ssl ? "received unencrypted data after SSL request"
+                         : "received unencrypted data after GSSAPI encryption request");
         co_await flushError();
         co_return false;
       }
@@ -185,10 +185,13 @@ awaitable<bool> ClientSession::startupPhase() {
       bool accept = ssl && rt_->clientTls.has_value();
       std::uint8_t answer = accept ? 'S' : 'N';
       if (auto [ec, n] = co_await client_.writeAll(asio::buffer(&answer, 1)); ec) co_return false;
-      if (ssl) sslDone = true;
-      else gssDone = true;
+      if (ssl)
+        sslDone = true;
+      else
+        gssDone = true;
       if (accept) {
-        auto [hec] = co_await client_.tls().async_handshake(ssl::stream_base::server, kUseAwaitable);
+        auto [hec] =
+            co_await client_.tls().async_handshake(ssl::stream_base::server, kUseAwaitable);
         if (hec) {
           metrics().clientConnectionsRejectedTotal(RejectReason::kTls).inc();
           spdlog::info("session {}: TLS handshake failed ({}): {}", id_, clientAddress_,
@@ -202,8 +205,8 @@ awaitable<bool> ClientSession::startupPhase() {
     if ((code >> 16) != 3) {
       metrics().clientConnectionsRejectedTotal(RejectReason::kProtocol).inc();
       prepareFatal(sqlstate::kFeatureNotSupported,
-                     "unsupported frontend protocol " + std::to_string(code >> 16) + "." +
-                         std::to_string(code & 0xffff) + ": server supports 3.0 to 3.0");  // B7
+                   "unsupported frontend protocol " + std::to_string(code >> 16) + "." +
+                       std::to_string(code & 0xffff) + ": server supports 3.0 to 3.0");  // B7
       co_await flushError();
       co_return false;
     }
@@ -233,7 +236,7 @@ awaitable<bool> ClientSession::startupPhase() {
     } else if (k == "replication") {
       if (isTrueish(v)) {
         prepareFatal(sqlstate::kFeatureNotSupported,
-                       "pghandoff does not support replication connections");  // B13
+                     "pghandoff does not support replication connections");  // B13
         co_await flushError();
         co_return false;
       }
@@ -252,7 +255,7 @@ awaitable<bool> ClientSession::startupPhase() {
   }
   if (user_.empty()) {
     prepareFatal(sqlstate::kInvalidAuthSpec,
-                   "no PostgreSQL user name specified in startup packet");  // B11
+                 "no PostgreSQL user name specified in startup packet");  // B11
     co_await flushError();
     co_return false;
   }
@@ -261,8 +264,8 @@ awaitable<bool> ClientSession::startupPhase() {
   if (rt_->cfg.clientTls.mode == config::TlsMode::kRequire && !client_.isTls()) {
     metrics().clientConnectionsRejectedTotal(RejectReason::kTls).inc();
     prepareFatal(sqlstate::kInvalidAuthSpec,
-                   "pghandoff requires SSL for user \"" + sanitizeForLog(user_, 63) +
-                       "\" (client_tls.mode is require), no encryption");  // B23
+                 "pghandoff requires SSL for user \"" + sanitizeForLog(user_, 63) +
+                     "\" (client_tls.mode is require), no encryption");  // B23
     co_await flushError();
     co_return false;
   }
@@ -279,8 +282,8 @@ awaitable<bool> ClientSession::startupPhase() {
 
   if (database_ != rt_->source.dbname) {
     prepareFatal(sqlstate::kInvalidCatalogName,
-                   "database \"" + sanitizeForLog(database_, 63) + "\" does not exist",
-                   "pghandoff serves the database \"" + rt_->source.dbname + "\"");
+                 "database \"" + sanitizeForLog(database_, 63) + "\" does not exist",
+                 "pghandoff serves the database \"" + rt_->source.dbname + "\"");
     co_await flushError();
     co_return false;
   }
@@ -316,8 +319,8 @@ awaitable<std::optional<std::vector<std::uint8_t>>> ClientSession::readAuthMessa
     if (h.status == protocol::FrameStatus::kOk) {
       if (h.type != 'p') {
         prepareFatal(sqlstate::kProtocolViolation,
-                       "expected password response, got message type " +
-                           std::to_string(static_cast<int>(h.type)));  // B24
+                     "expected password response, got message type " +
+                         std::to_string(static_cast<int>(h.type)));  // B24
         co_await flushError();
         co_return std::nullopt;
       }
@@ -351,7 +354,7 @@ awaitable<bool> ClientSession::authenticate() {
     case config::AuthMethod::kTrust:
       if (secret == nullptr && !rt_->users.empty()) {
         prepareFatal(sqlstate::kInvalidAuthSpec,
-                       "role \"" + sanitizeForLog(user_, 63) + "\" does not exist");
+                     "role \"" + sanitizeForLog(user_, 63) + "\" does not exist");
         co_await flushError();
         co_return false;
       }
@@ -403,8 +406,7 @@ awaitable<bool> ClientSession::authenticateScram(const std::string& user,
     co_await flushError();
     co_return false;
   }
-  auto serverFirst =
-      server.clientFirst(initial->mechanism, protocol::asString(*initial->data));
+  auto serverFirst = server.clientFirst(initial->mechanism, protocol::asString(*initial->data));
   if (auto* f = std::get_if<protocol::AuthFailure>(&serverFirst)) {
     authFailed(*f);
     co_await flushError();
@@ -449,7 +451,7 @@ awaitable<bool> ClientSession::authenticateMd5(const std::string& user, const Us
     spdlog::info("session {}: md5 authentication failed for user \"{}\" ({})", id_,
                  sanitizeForLog(user_, 63), clientAddress_);
     prepareFatal(sqlstate::kInvalidPassword,
-                   "password authentication failed for user \"" + user + "\"");
+                 "password authentication failed for user \"" + user + "\"");
     co_await flushError();
     co_return false;
   }
@@ -521,8 +523,7 @@ namespace {
 // read side alone; everything else (writes, transaction control, session
 // state, unknown) takes the write path.
 labels::QueryKind queryKind(protocol::StatementKind k) {
-  return k == protocol::StatementKind::kRead ? labels::QueryKind::kRead
-                                             : labels::QueryKind::kWrite;
+  return k == protocol::StatementKind::kRead ? labels::QueryKind::kRead : labels::QueryKind::kWrite;
 }
 }  // namespace
 
@@ -659,23 +660,24 @@ awaitable<void> ClientSession::serverToClient() {
   Stream& server = server_->stream();
   while (true) {
     bool outOfSync = false;
-    auto res = sbuf_.scan(
-        [maxLen](protocol::Bytes b) { return protocol::parseBackendHeader(b, maxLen); },
-        [](char t) { return SessionMachine::serverBodyNeeded(t); },
-        [this, &outOfSync](const protocol::FrameHeader& h, protocol::Bytes body, bool) {
-          if (machine_.onServerFrame(h.type, body) == ServerVerdict::kOutOfSync) {
-            outOfSync = true;
-            return false;
-          }
-          if (h.type == 'Z') onReadyForMetrics();
-          if (h.type == 'E') {
-            if (auto e = protocol::decodeErrorBody(body)) {
-              metrics().clientErrorsTotal(sqlStateLabel(e->code)).inc();
-              if (e->severity == "FATAL" || e->severity == "PANIC") serverSentFatal_ = true;
-            }
-          }
-          return true;
-        });
+    auto res =
+        sbuf_.scan([maxLen](protocol::Bytes b) { return protocol::parseBackendHeader(b, maxLen); },
+                   [](char t) { return SessionMachine::serverBodyNeeded(t); },
+                   [this, &outOfSync](const protocol::FrameHeader& h, protocol::Bytes body, bool) {
+                     if (machine_.onServerFrame(h.type, body) == ServerVerdict::kOutOfSync) {
+                       outOfSync = true;
+                       return false;
+                     }
+                     if (h.type == 'Z') onReadyForMetrics();
+                     if (h.type == 'E') {
+                       if (auto e = protocol::decodeErrorBody(body)) {
+                         metrics().clientErrorsTotal(sqlStateLabel(e->code)).inc();
+                         if (e->severity == "FATAL" || e->severity == "PANIC")
+                           serverSentFatal_ = true;
+                       }
+                     }
+                     return true;
+                   });
     publish();
     if (res.status == RelayBuffer::ScanStatus::kError || outOfSync) {
       // B50: the server's stream cannot be trusted; forward nothing more.

@@ -38,7 +38,8 @@ class JsonFormatter final : public spdlog::formatter {
  public:
   void format(const spdlog::details::log_msg& msg, spdlog::memory_buf_t& dest) override {
     auto t = std::chrono::system_clock::to_time_t(msg.time);
-    auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(msg.time.time_since_epoch()) % 1000;
+    auto ms =
+        std::chrono::duration_cast<std::chrono::milliseconds>(msg.time.time_since_epoch()) % 1000;
     std::tm tm{};
     gmtime_r(&t, &tm);
     char ts[96];
@@ -82,6 +83,8 @@ void setupLogging(const std::string& level, config::LogFormat format) {
   spdlog::set_default_logger(logger);
 }
 
-void setLogLevel(const std::string& level) { spdlog::set_level(parseLevel(level)); }
+void setLogLevel(const std::string& level) {
+  spdlog::set_level(parseLevel(level));
+}
 
 }  // namespace pghandoff::proxy

@@ -54,10 +54,17 @@ std::string escapeLabelValue(std::string_view v) {
   out.reserve(v.size());
   for (char c : v) {
     switch (c) {
-      case '\\': out += "\\\\"; break;
-      case '"': out += "\\\""; break;
-      case '\n': out += "\\n"; break;
-      default: out += c;
+      case '\\':
+        out += "\\\\";
+        break;
+      case '"':
+        out += "\\\"";
+        break;
+      case '\n':
+        out += "\\n";
+        break;
+      default:
+        out += c;
     }
   }
   return out;
@@ -203,8 +210,12 @@ void Metrics::reset() noexcept {
 #undef PGHANDOFF_METRIC_RESET
 }
 
-std::string renderMetrics() { return metrics().render(); }
+std::string renderMetrics() {
+  return metrics().render();
+}
 
-void resetMetricsForTest() noexcept { metrics().reset(); }
+void resetMetricsForTest() noexcept {
+  metrics().reset();
+}
 
 }  // namespace pghandoff::proxy

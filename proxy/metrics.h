@@ -34,6 +34,8 @@ namespace pghandoff::proxy {
 // Label sets. Each is declared once as a list of (enumerator, label value); the enum and the
 // rendered strings are generated from that list.
 
+// clang-format 14 does not settle on these macro lists: keep them as written.
+// clang-format off
 #define PGHANDOFF_SIDE_VALUES(V) V(kSource, "source") V(kTarget, "target")
 #define PGHANDOFF_QUERY_KIND_VALUES(V) V(kRead, "read") V(kWrite, "write")
 // SPEC §1, in forward order.
@@ -61,21 +63,22 @@ namespace pghandoff::proxy {
   V(kClientToServer, "client_to_server") V(kServerToClient, "server_to_client")
 #define PGHANDOFF_CANCEL_RESULT_VALUES(V) V(kForwarded, "forwarded") V(kUnknown, "unknown")
 #define PGHANDOFF_BUILD_VERSION_VALUES(V) V(kCurrent, PGHANDOFF_VERSION)
+// clang-format on
 
 #define PGHANDOFF_LABEL_ENUMERATOR(e, s) e,
 #define PGHANDOFF_LABEL_STRING(e, s) s,
 
 // A label dimension: the enum that indexes it, the label name and the value strings.
-#define PGHANDOFF_LABEL_DIM(Dim, EnumType, labelName, VALUES)                         \
-  struct Dim {                                                                        \
-    using Type = EnumType;                                                            \
-    static constexpr std::string_view kLabel = labelName;                             \
-    static constexpr auto kValues =                                                   \
-        std::to_array<std::string_view>({VALUES(PGHANDOFF_LABEL_STRING)});            \
+#define PGHANDOFF_LABEL_DIM(Dim, EnumType, labelName, VALUES)              \
+  struct Dim {                                                             \
+    using Type = EnumType;                                                 \
+    static constexpr std::string_view kLabel = labelName;                  \
+    static constexpr auto kValues =                                        \
+        std::to_array<std::string_view>({VALUES(PGHANDOFF_LABEL_STRING)}); \
   };
 
-#define PGHANDOFF_LABEL_SET(EnumType, Dim, labelName, VALUES)                      \
-  enum class EnumType : std::uint8_t { VALUES(PGHANDOFF_LABEL_ENUMERATOR) };       \
+#define PGHANDOFF_LABEL_SET(EnumType, Dim, labelName, VALUES)                \
+  enum class EnumType : std::uint8_t { VALUES(PGHANDOFF_LABEL_ENUMERATOR) }; \
   PGHANDOFF_LABEL_DIM(Dim, EnumType, labelName, VALUES)
 
 namespace labels {
@@ -227,47 +230,47 @@ class Family {
 // ---------------------------------------------------------------------------------------------
 // The metric list: X(accessor, name without the pghandoff_ prefix, cell type, help, dims...).
 // Rendering follows this order.
-#define PGHANDOFF_METRICS(X)                                                                  \
-  X(buildInfo, "build_info", InfoGauge, "pghandoff build information; always 1.",             \
-    labels::BuildVersionDim)                                                                  \
-  X(phase, "phase", Gauge, "Migration phase: 1 for the current phase, 0 for the others.",     \
-    labels::PhaseDim)                                                                         \
-  X(clientConnections, "client_connections", Gauge, "Client connections currently open.")     \
-  X(clientConnectionsTotal, "client_connections_total", Counter,                              \
-    "Client connections accepted since start.")                                               \
-  X(clientConnectionsRejectedTotal, "client_connections_rejected_total", Counter,             \
-    "Client connections refused or closed before the session started, by reason.",            \
-    labels::RejectReasonDim)                                                                  \
-  X(serverConnections, "server_connections", Gauge,                                           \
-    "Server connections currently open, per side.", labels::SideDim)                          \
-  X(queriesTotal, "queries_total", Counter, "Statements executed, per side and kind.",        \
-    labels::SideDim, labels::QueryKindDim)                                                    \
-  X(queryDurationSeconds, "query_duration_seconds", Histogram,                                \
-    "Statement duration as seen by the proxy, per side.", labels::SideDim)                    \
+#define PGHANDOFF_METRICS(X)                                                                   \
+  X(buildInfo, "build_info", InfoGauge, "pghandoff build information; always 1.",              \
+    labels::BuildVersionDim)                                                                   \
+  X(phase, "phase", Gauge, "Migration phase: 1 for the current phase, 0 for the others.",      \
+    labels::PhaseDim)                                                                          \
+  X(clientConnections, "client_connections", Gauge, "Client connections currently open.")      \
+  X(clientConnectionsTotal, "client_connections_total", Counter,                               \
+    "Client connections accepted since start.")                                                \
+  X(clientConnectionsRejectedTotal, "client_connections_rejected_total", Counter,              \
+    "Client connections refused or closed before the session started, by reason.",             \
+    labels::RejectReasonDim)                                                                   \
+  X(serverConnections, "server_connections", Gauge,                                            \
+    "Server connections currently open, per side.", labels::SideDim)                           \
+  X(queriesTotal, "queries_total", Counter, "Statements executed, per side and kind.",         \
+    labels::SideDim, labels::QueryKindDim)                                                     \
+  X(queryDurationSeconds, "query_duration_seconds", Histogram,                                 \
+    "Statement duration as seen by the proxy, per side.", labels::SideDim)                     \
   X(bytesTotal, "bytes_total", Counter, "Bytes relayed, per direction.", labels::DirectionDim) \
-  X(cancelRequestsTotal, "cancel_requests_total", Counter,                                    \
-    "CancelRequest messages received, by outcome.", labels::CancelResultDim)                  \
-  X(clientErrorsTotal, "client_errors_total", Counter,                                        \
-    "ErrorResponse messages sent to clients, by SQLSTATE (codes outside the proxy's own "     \
-    "list count as other).",                                                                  \
-    labels::SqlStateDim)                                                                      \
-  X(mirrorLagSeconds, "mirror_lag_seconds", FloatGauge,                                       \
-    "Age of the oldest transaction not yet applied to the mirror side.")                      \
-  X(mirrorQueueTransactions, "mirror_queue_transactions", Gauge,                              \
-    "Transactions waiting to be applied to the mirror side.")                                 \
-  X(mirrorErrorsTotal, "mirror_errors_total", Counter, "Mirror failures, by reason.",         \
-    labels::MirrorErrorReasonDim)                                                             \
-  X(divergencesTotal, "divergences_total", Counter,                                           \
-    "Statements whose outcome differed between source and target, by kind.",                  \
-    labels::DivergenceKindDim)                                                                \
-  X(nondeterministicRejectedTotal, "nondeterministic_rejected_total", Counter,                \
-    "Statements refused because they cannot be mirrored deterministically.")                  \
-  X(phaseFlipPauseSeconds, "phase_flip_pause_seconds", Histogram,                             \
-    "Time new transactions were held during a phase change.")                                 \
-  X(phaseFlipsTotal, "phase_flips_total", Counter, "Phase changes asked for, by outcome.",    \
-    labels::FromPhaseDim, labels::ToPhaseDim, labels::FlipResultDim)                          \
-  X(journalBytes, "journal_bytes", Gauge, "Size of the catch-up journal on disk.")            \
-  X(internalBugsTotal, "internal_bugs_total", Counter,                                        \
+  X(cancelRequestsTotal, "cancel_requests_total", Counter,                                     \
+    "CancelRequest messages received, by outcome.", labels::CancelResultDim)                   \
+  X(clientErrorsTotal, "client_errors_total", Counter,                                         \
+    "ErrorResponse messages sent to clients, by SQLSTATE (codes outside the proxy's own "      \
+    "list count as other).",                                                                   \
+    labels::SqlStateDim)                                                                       \
+  X(mirrorLagSeconds, "mirror_lag_seconds", FloatGauge,                                        \
+    "Age of the oldest transaction not yet applied to the mirror side.")                       \
+  X(mirrorQueueTransactions, "mirror_queue_transactions", Gauge,                               \
+    "Transactions waiting to be applied to the mirror side.")                                  \
+  X(mirrorErrorsTotal, "mirror_errors_total", Counter, "Mirror failures, by reason.",          \
+    labels::MirrorErrorReasonDim)                                                              \
+  X(divergencesTotal, "divergences_total", Counter,                                            \
+    "Statements whose outcome differed between source and target, by kind.",                   \
+    labels::DivergenceKindDim)                                                                 \
+  X(nondeterministicRejectedTotal, "nondeterministic_rejected_total", Counter,                 \
+    "Statements refused because they cannot be mirrored deterministically.")                   \
+  X(phaseFlipPauseSeconds, "phase_flip_pause_seconds", Histogram,                              \
+    "Time new transactions were held during a phase change.")                                  \
+  X(phaseFlipsTotal, "phase_flips_total", Counter, "Phase changes asked for, by outcome.",     \
+    labels::FromPhaseDim, labels::ToPhaseDim, labels::FlipResultDim)                           \
+  X(journalBytes, "journal_bytes", Gauge, "Size of the catch-up journal on disk.")             \
+  X(internalBugsTotal, "internal_bugs_total", Counter,                                         \
     "Internal invariant violations caught in release builds; should stay 0.")
 
 class Metrics {
@@ -277,7 +280,9 @@ class Metrics {
   Metrics& operator=(const Metrics&) = delete;
 
 #define PGHANDOFF_METRIC_ACCESSOR(accessor, name, Cell, help, ...) \
-  Cell& accessor(auto... labelValues) noexcept { return accessor##_.at(labelValues...); }
+  Cell& accessor(auto... labelValues) noexcept {                   \
+    return accessor##_.at(labelValues...);                         \
+  }
   PGHANDOFF_METRICS(PGHANDOFF_METRIC_ACCESSOR)
 #undef PGHANDOFF_METRIC_ACCESSOR
 
@@ -300,7 +305,9 @@ extern Metrics gMetrics;
 }  // namespace detail
 
 // The process-wide registry.
-inline Metrics& metrics() noexcept { return detail::gMetrics; }
+inline Metrics& metrics() noexcept {
+  return detail::gMetrics;
+}
 
 // The whole exposition, text format 0.0.4.
 [[nodiscard]] std::string renderMetrics();

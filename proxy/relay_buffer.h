@@ -43,9 +43,7 @@ class RelayBuffer {
   void commit(std::size_t n) { end_ += n; }
 
   // Bytes not yet scanned.
-  [[nodiscard]] protocol::Bytes unscanned() const {
-    return {data_.data() + pos_, end_ - pos_};
-  }
+  [[nodiscard]] protocol::Bytes unscanned() const { return {data_.data() + pos_, end_ - pos_}; }
   // Everything received and not yet consumed (startup phase helpers).
   [[nodiscard]] protocol::Bytes pending() const { return {data_.data() + start_, end_ - start_}; }
   [[nodiscard]] std::size_t pendingSize() const { return end_ - start_; }

@@ -16,7 +16,9 @@ namespace pghandoff::proxy {
 
 namespace {
 // Keeps the session alive for as long as its coroutine runs.
-awaitable<void> runSession(std::shared_ptr<ClientSession> session) { co_await session->run(); }
+awaitable<void> runSession(std::shared_ptr<ClientSession> session) {
+  co_await session->run();
+}
 
 tcp::endpoint resolveListen(asio::io_context& io, const config::Endpoint& ep) {
   tcp::resolver resolver(io);
@@ -150,7 +152,8 @@ void ProxyServer::beginShutdown(bool immediate) {
   error_code ignored;
   acceptor_.close(ignored);
   for (auto& s : registry_.all()) s->requestShutdown();
-  if (!immediate) shutdownDeadline_ = std::chrono::steady_clock::now() + rt->cfg.limits.shutdownTimeout;
+  if (!immediate)
+    shutdownDeadline_ = std::chrono::steady_clock::now() + rt->cfg.limits.shutdownTimeout;
   asio::co_spawn(mainIo_, shutdownLoop(), asio::detached);
 }
 
@@ -193,7 +196,8 @@ void ProxyServer::reload() {
   // What a running process cannot change: say so, keep the old value.
   config::Config merged = next;
   auto keep = [&](bool changed, const char* key) {
-    if (changed) spdlog::warn("reload: {} cannot change without a restart; keeping the old value", key);
+    if (changed)
+      spdlog::warn("reload: {} cannot change without a restart; keeping the old value", key);
   };
   keep(config::toString(next.listen) != config::toString(old->cfg.listen), "listen");
   merged.listen = old->cfg.listen;
@@ -223,8 +227,8 @@ std::string ProxyServer::statusJson() {
   auto sessions = registry_.all();
   std::ostringstream o;
   o << "{\"version\":\"" << PGHANDOFF_VERSION << "\",\"phase\":\"source-only\""
-    << ",\"accepting\":" << (accepting_ ? "true" : "false") << ",\"connections\":{\"clients\":"
-    << metrics().clientConnections().value()
+    << ",\"accepting\":" << (accepting_ ? "true" : "false")
+    << ",\"connections\":{\"clients\":" << metrics().clientConnections().value()
     << ",\"source\":" << metrics().serverConnections(labels::Side::kSource).value()
     << ",\"target\":" << metrics().serverConnections(labels::Side::kTarget).value() << "}"
     << ",\"source\":\"" << jsonEscape(config::describe(rt->source)) << "\""
@@ -235,8 +239,8 @@ std::string ProxyServer::statusJson() {
     if (shown == 1000) break;
     auto i = s->info();
     if (shown++ > 0) o << ",";
-    o << "{\"id\":" << i.id << ",\"state\":\"" << i.state << "\",\"transaction\":\""
-      << i.txStatus << "\",\"user\":\"" << jsonEscape(i.user) << "\",\"application_name\":\""
+    o << "{\"id\":" << i.id << ",\"state\":\"" << i.state << "\",\"transaction\":\"" << i.txStatus
+      << "\",\"user\":\"" << jsonEscape(i.user) << "\",\"application_name\":\""
       << jsonEscape(i.applicationName) << "\",\"client\":\"" << jsonEscape(i.clientAddress)
       << "\",\"tls\":" << (i.tls ? "true" : "false") << "}";
   }

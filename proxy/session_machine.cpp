@@ -6,16 +6,26 @@ namespace pghandoff::proxy {
 
 const char* toString(SessionState s) {
   switch (s) {
-    case SessionState::kStartup: return "startup";
-    case SessionState::kAuthenticating: return "authenticating";
-    case SessionState::kConnecting: return "connecting";
-    case SessionState::kIdle: return "idle";
-    case SessionState::kBusy: return "busy";
-    case SessionState::kCopyIn: return "copy-in";
-    case SessionState::kCopyOut: return "copy-out";
-    case SessionState::kCopyBoth: return "copy-both";
-    case SessionState::kClosing: return "closing";
-    case SessionState::kClosed: return "closed";
+    case SessionState::kStartup:
+      return "startup";
+    case SessionState::kAuthenticating:
+      return "authenticating";
+    case SessionState::kConnecting:
+      return "connecting";
+    case SessionState::kIdle:
+      return "idle";
+    case SessionState::kBusy:
+      return "busy";
+    case SessionState::kCopyIn:
+      return "copy-in";
+    case SessionState::kCopyOut:
+      return "copy-out";
+    case SessionState::kCopyBoth:
+      return "copy-both";
+    case SessionState::kClosing:
+      return "closing";
+    case SessionState::kClosed:
+      return "closed";
   }
   return "?";
 }

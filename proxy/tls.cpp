@@ -63,8 +63,8 @@ std::shared_ptr<ssl::context> makeUpstreamTls(const config::ConnInfo& info) {
     error_code ec;
     ctx->load_verify_file(info.sslrootcert, ec);
     if (ec) {
-      throw std::runtime_error("cannot load sslrootcert '" + info.sslrootcert + "': " +
-                               ec.message());
+      throw std::runtime_error("cannot load sslrootcert '" + info.sslrootcert +
+                               "': " + ec.message());
     }
     ctx->set_verify_mode(ssl::verify_peer);
   } else {

@@ -173,11 +173,13 @@ awaitable<LoginResult> ServerConnection::loginSteps(
             authenticated = true;
             break;
           case protocol::AuthCode::kCleartextPassword:
-            if (info.password.empty()) co_return fail("the server asks for a password, but the URL has none");
+            if (info.password.empty())
+              co_return fail("the server asks for a password, but the URL has none");
             protocol::encodePassword(info.password, out);
             break;
           case protocol::AuthCode::kMd5Password: {
-            if (info.password.empty()) co_return fail("the server asks for a password, but the URL has none");
+            if (info.password.empty())
+              co_return fail("the server asks for a password, but the URL has none");
             if (auth->md5Salt.size() != 4) co_return fail("malformed MD5 request");
             std::array<std::uint8_t, 4> salt{};
             std::copy(auth->md5Salt.begin(), auth->md5Salt.end(), salt.begin());
@@ -187,13 +189,15 @@ awaitable<LoginResult> ServerConnection::loginSteps(
             break;
           }
           case protocol::AuthCode::kSasl: {
-            if (info.password.empty()) co_return fail("the server asks for a password, but the URL has none");
+            if (info.password.empty())
+              co_return fail("the server asks for a password, but the URL has none");
             bool plus = false, plain = false;
             for (const auto& m : auth->mechanisms) {
               if (m == "SCRAM-SHA-256-PLUS") plus = true;
               if (m == "SCRAM-SHA-256") plain = true;
             }
-            if (!plus && !plain) co_return fail("none of the server's SASL mechanisms are supported");
+            if (!plus && !plain)
+              co_return fail("none of the server's SASL mechanisms are supported");
             std::vector<std::uint8_t> cbind;
             if (stream_.isTls()) {
               if (auto ep = protocol::tlsServerEndPoint(peerCertificateDer(stream_.tls()))) {
@@ -226,8 +230,8 @@ awaitable<LoginResult> ServerConnection::loginSteps(
             break;
           }
           default:
-            co_return fail("authentication method " + std::to_string(auth->code) + " requested by " +
-                           where(info) + " is not supported");
+            co_return fail("authentication method " + std::to_string(auth->code) +
+                           " requested by " + where(info) + " is not supported");
         }
         if (!out.empty()) {
           if (auto [ec, n] = co_await stream_.writeAll(asio::buffer(out)); ec) {

@@ -39,16 +39,14 @@ class ServerConnection {
   // `params` are the client's startup parameters to pass on (user and
   // database are taken from `info`).
   [[nodiscard]] awaitable<LoginResult> login(
-      const config::ConnInfo& info,
-      const std::vector<std::pair<std::string, std::string>>& params,
+      const config::ConnInfo& info, const std::vector<std::pair<std::string, std::string>>& params,
       std::chrono::milliseconds timeout);
 
   Stream& stream() { return stream_; }
 
  private:
   [[nodiscard]] awaitable<LoginResult> loginSteps(
-      const config::ConnInfo& info,
-      const std::vector<std::pair<std::string, std::string>>& params);
+      const config::ConnInfo& info, const std::vector<std::pair<std::string, std::string>>& params);
 
   std::shared_ptr<ssl::context> tlsCtx_;
   Stream stream_;

@@ -10,7 +10,7 @@ PACKAGES=(
   libboost1.81-dev libssl-dev libpq-dev libspdlog-dev libyaml-cpp-dev libpg-query-dev
   libgtest-dev libgmock-dev
   # fuzzing (clang's libFuzzer runtime)
-  clang-14 libclang-rt-14-dev
+  clang-14 libclang-rt-14-dev clang-format-14
   # servers and real clients for the tests
   postgresql-15 postgresql-client-15 postgresql-contrib openssl
   python3 python3-psycopg2 libpostgresql-jdbc-java openjdk-17-jdk-headless nodejs npm

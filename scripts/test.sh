@@ -11,6 +11,12 @@ cd "$(dirname "$0")/.."
 jobs="${PGHANDOFF_TEST_JOBS:-2}"
 status=0
 
+echo "== clang-format (the checked-in .clang-format)"
+if ! git ls-files '*.cpp' '*.h' | xargs clang-format-14 --dry-run --Werror; then
+  echo "clang-format: run  git ls-files '*.cpp' '*.h' | xargs clang-format-14 -i"
+  status=1
+fi
+
 echo "== release build (-Werror)"
 scripts/build.sh release
 echo "== release: all tests"

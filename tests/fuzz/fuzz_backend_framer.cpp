@@ -26,12 +26,11 @@
 #include <string>
 #include <vector>
 
-#include "tests/fuzz/fuzz_common.h"
 #include "protocol/backend.h"
 #include "protocol/buffer.h"
 #include "protocol/error.h"
 #include "protocol/frame.h"
-
+#include "tests/fuzz/fuzz_common.h"
 
 namespace pghandoff::test {
 namespace {

@@ -20,10 +20,9 @@
 #include <string_view>
 #include <vector>
 
-#include "tests/fuzz/fuzz_common.h"
 #include "protocol/buffer.h"
 #include "protocol/frontend.h"
-
+#include "tests/fuzz/fuzz_common.h"
 
 namespace pghandoff::test {
 namespace {
@@ -119,8 +118,8 @@ void checkExecute(Bytes body) {
   if (!portal) return;
   FUZZ_REQUIRE(inside(*portal, body) && portal->size() + 1 + 4 == body.size());
   std::vector<std::uint8_t> out;
-  proto::encodeExecute(*portal, static_cast<std::int32_t>(bigEndian32(body.subspan(body.size() - 4))),
-                       out);
+  proto::encodeExecute(*portal,
+                       static_cast<std::int32_t>(bigEndian32(body.subspan(body.size() - 4))), out);
   FUZZ_REQUIRE(bytesEqual(encodedBody(out, 'E'), body));
 }
 

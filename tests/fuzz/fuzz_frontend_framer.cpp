@@ -22,10 +22,9 @@
 #include <memory>
 #include <vector>
 
-#include "tests/fuzz/fuzz_common.h"
 #include "protocol/buffer.h"
 #include "protocol/frame.h"
-
+#include "tests/fuzz/fuzz_common.h"
 
 namespace pghandoff::test {
 namespace {

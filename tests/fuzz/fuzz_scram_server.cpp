@@ -31,11 +31,10 @@
 #include <variant>
 #include <vector>
 
-#include "tests/fuzz/fuzz_common.h"
 #include "protocol/buffer.h"
 #include "protocol/crypto.h"
 #include "protocol/scram.h"
-
+#include "tests/fuzz/fuzz_common.h"
 
 namespace pghandoff::test {
 namespace {

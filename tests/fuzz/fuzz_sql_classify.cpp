@@ -6,8 +6,8 @@
 #include <cstdint>
 #include <string_view>
 
-#include "tests/fuzz/fuzz_common.h"
 #include "protocol/sql_classify.h"
+#include "tests/fuzz/fuzz_common.h"
 
 extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
   using namespace pghandoff::protocol;

@@ -25,11 +25,10 @@
 #include <string>
 #include <vector>
 
-#include "tests/fuzz/fuzz_common.h"
 #include "protocol/buffer.h"
 #include "protocol/frame.h"
 #include "protocol/startup.h"
-
+#include "tests/fuzz/fuzz_common.h"
 
 namespace pghandoff::test {
 namespace {

@@ -242,9 +242,8 @@ TEST_F(AdminTest, PostPhaseValidatesThenIsNotBuilt) {
             R"(\"drain_timeout\": \"5s\"}"})");
   r = exchange(post("/phase", R"({"phase":"nope"})", bearer()));
   EXPECT_EQ(r.status, 400);
-  EXPECT_EQ(r.body,
-            R"({"error":"unknown phase; expected one of source-only, seeding, mirror, )"
-            R"(mirror-read-target, reverse-mirror, target-only"})");
+  EXPECT_EQ(r.body, R"({"error":"unknown phase; expected one of source-only, seeding, mirror, )"
+                    R"(mirror-read-target, reverse-mirror, target-only"})");
   r = exchange(post("/phase", R"({"phase":1})", bearer()));
   EXPECT_EQ(r.status, 400);
   r = exchange(post("/phase", R"({"drain_timeout":"5s"})", bearer()));
@@ -361,8 +360,7 @@ TEST_F(AdminTest, BindFailureNamesTheAddress) {
     AdminServer second(io_, "127.0.0.1", taken, kToken, {});
     FAIL() << "bind to a taken port succeeded";
   } catch (const std::runtime_error& e) {
-    EXPECT_NE(std::string(e.what()).find("127.0.0.1:" + std::to_string(taken)),
-              std::string::npos)
+    EXPECT_NE(std::string(e.what()).find("127.0.0.1:" + std::to_string(taken)), std::string::npos)
         << e.what();
   }
 }
@@ -383,13 +381,38 @@ TEST(AdminJson, ParsesFlatObjectsOfStrings) {
 
 TEST(AdminJson, RejectsEverythingElse) {
   for (std::string_view bad : {
-           "", "{", "}", "[]", "\"x\"", "null", R"({"a"})", R"({"a":})", R"({"a":"b",})",
-           R"({"a":"b"}x)", R"({"a":"b"}{})", R"({"a":1})", R"({"a":true})", R"({"a":null})",
-           R"({"a":{"b":"c"}})", R"({"a":["b"]})", R"({a:"b"})", R"({'a':'b'})",
-           R"({"a":"b","a":"c"})", R"({"a":"\x"})", R"({"a":"\u12"})", R"({"a":"\ud800"})",
-           R"({"a":"\udc00"})", R"({"a":"\ud800\u0041"})", "{\"a\":\"b\nc\"}",
-           "{\"a\":\"\xc3\"}", "{\"a\":\"\xc0\xaf\"}", "{\"a\":\"\xed\xa0\x80\"}",
-           "{\"a\":\"\xf4\x90\x80\x80\"}", "{\"a\":\"\xff\"}", R"({"a":"b")", "{\"a\":\"b",
+           "",
+           "{",
+           "}",
+           "[]",
+           "\"x\"",
+           "null",
+           R"({"a"})",
+           R"({"a":})",
+           R"({"a":"b",})",
+           R"({"a":"b"}x)",
+           R"({"a":"b"}{})",
+           R"({"a":1})",
+           R"({"a":true})",
+           R"({"a":null})",
+           R"({"a":{"b":"c"}})",
+           R"({"a":["b"]})",
+           R"({a:"b"})",
+           R"({'a':'b'})",
+           R"({"a":"b","a":"c"})",
+           R"({"a":"\x"})",
+           R"({"a":"\u12"})",
+           R"({"a":"\ud800"})",
+           R"({"a":"\udc00"})",
+           R"({"a":"\ud800\u0041"})",
+           "{\"a\":\"b\nc\"}",
+           "{\"a\":\"\xc3\"}",
+           "{\"a\":\"\xc0\xaf\"}",
+           "{\"a\":\"\xed\xa0\x80\"}",
+           "{\"a\":\"\xf4\x90\x80\x80\"}",
+           "{\"a\":\"\xff\"}",
+           R"({"a":"b")",
+           "{\"a\":\"b",
        }) {
     EXPECT_EQ(parseFlatJsonObject(bad), std::nullopt) << bad;
   }

@@ -75,8 +75,8 @@ TEST(Frame, RejectsUnknownTypeBeforeLength) {
 
 TEST(Frame, RejectsShortAndOversizedLengths) {
   std::vector<std::uint8_t> b{'Q', 0, 0, 0, 3};
-  EXPECT_EQ(parseFrontendHeader(b, 100).status, FrameStatus::kBadLength);  // B34
-  b = {'S', 0, 0, 0x27, 0x11};  // Sync with 10001
+  EXPECT_EQ(parseFrontendHeader(b, 100).status, FrameStatus::kBadLength);      // B34
+  b = {'S', 0, 0, 0x27, 0x11};                                                 // Sync with 10001
   EXPECT_EQ(parseFrontendHeader(b, 1 << 20).status, FrameStatus::kBadLength);  // B35
   b = {'Q', 0x7f, 0xff, 0xff, 0xff};
   EXPECT_EQ(parseFrontendHeader(b, 64 << 20).status, FrameStatus::kTooLarge);  // B36
@@ -86,7 +86,7 @@ TEST(Frame, RejectsShortAndOversizedLengths) {
 }
 
 TEST(Frame, BackendShortTypesLimited) {
-  std::vector<std::uint8_t> b{'Z', 0, 0, 0x75, 0x31};  // 30001
+  std::vector<std::uint8_t> b{'Z', 0, 0, 0x75, 0x31};                         // 30001
   EXPECT_EQ(parseBackendHeader(b, 1 << 20).status, FrameStatus::kBadLength);  // B50
   b = {'D', 0, 0, 0x75, 0x31};
   EXPECT_EQ(parseBackendHeader(b, 1 << 20).status, FrameStatus::kOk);
@@ -144,7 +144,13 @@ TEST(Startup, BadLayouts) {
   // Duplicate key.
   std::vector<std::uint8_t> dup;
   Writer w2(dup);
-  w2.beginUntyped().int32(kProtocol30).cstring("user").cstring("a").cstring("user").cstring("b").byte(0);
+  w2.beginUntyped()
+      .int32(kProtocol30)
+      .cstring("user")
+      .cstring("a")
+      .cstring("user")
+      .cstring("b")
+      .byte(0);
   w2.end();
   EXPECT_FALSE(decodeStartup(dup, &err));
   EXPECT_EQ(err, StartupError::kDuplicateKey);

@@ -26,7 +26,9 @@ std::string block(const std::string& text, const std::string& name) {
   return text.substr(b, e == std::string::npos ? std::string::npos : e - b);
 }
 
-bool isNameChar(char c) { return (c >= 'a' && c <= 'z') || c == '_'; }
+bool isNameChar(char c) {
+  return (c >= 'a' && c <= 'z') || c == '_';
+}
 
 // One sample line of the text format: name{label="value",...} value
 bool wellFormedSample(std::string_view line) {
@@ -42,8 +44,8 @@ bool wellFormedSample(std::string_view line) {
       i += 2;
       while (i < line.size() && line[i] != '"') {
         if (line[i] == '\\') {
-          if (i + 1 >= line.size() || std::string_view("\\\"n").find(line[i + 1]) ==
-                                          std::string_view::npos) {
+          if (i + 1 >= line.size() ||
+              std::string_view("\\\"n").find(line[i + 1]) == std::string_view::npos) {
             return false;
           }
           ++i;
@@ -121,15 +123,15 @@ TEST_F(MetricsTest, GoldenCountersAndGauges) {
 
 TEST_F(MetricsTest, GoldenHistogram) {
   auto& h = metrics().queryDurationSeconds(Side::kTarget);
-  h.observe(500us);    // exactly on the first bound: le is inclusive
-  h.observe(3ms);      // 0.005 bucket
-  h.observe(1500ms);   // 2.5 bucket
-  h.observe(20s);      // +Inf only
+  h.observe(500us);   // exactly on the first bound: le is inclusive
+  h.observe(3ms);     // 0.005 bucket
+  h.observe(1500ms);  // 2.5 bucket
+  h.observe(20s);     // +Inf only
   const std::string text = renderMetrics();
   const std::string n = "pghandoff_query_duration_seconds";
-  std::string want =
-      "# HELP " + n + " Statement duration as seen by the proxy, per side.\n# TYPE " + n +
-      " histogram\n";
+  std::string want = "# HELP " + n +
+                     " Statement duration as seen by the proxy, per side.\n# TYPE " + n +
+                     " histogram\n";
   const char* les[] = {"0.0005", "0.001", "0.0025", "0.005", "0.01", "0.025", "0.05", "0.1",
                        "0.25",   "0.5",   "1",      "2.5",   "5",    "10",    "+Inf"};
   for (const char* le : les) {
@@ -138,8 +140,8 @@ TEST_F(MetricsTest, GoldenHistogram) {
   want += n + "_sum{side=\"source\"} 0\n" + n + "_count{side=\"source\"} 0\n";
   const int cumulative[] = {1, 1, 1, 2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 4};
   for (std::size_t i = 0; i < std::size(les); ++i) {
-    want += n + "_bucket{side=\"target\",le=\"" + les[i] + "\"} " +
-            std::to_string(cumulative[i]) + "\n";
+    want += n + "_bucket{side=\"target\",le=\"" + les[i] + "\"} " + std::to_string(cumulative[i]) +
+            "\n";
   }
   want += n + "_sum{side=\"target\"} 21.5035\n" + n + "_count{side=\"target\"} 4\n";
   EXPECT_EQ(block(text, n), want);
@@ -148,8 +150,8 @@ TEST_F(MetricsTest, GoldenHistogram) {
 TEST_F(MetricsTest, HistogramBucketsAreCumulative) {
   auto& h = metrics().phaseFlipPauseSeconds();
   for (int i = 0; i < 100; ++i) h.observeSeconds(0.0001 * i * i);  // 0 .. 0.98 s
-  h.observeSeconds(-1.0);                                           // counts as 0
-  h.observeSeconds(std::numeric_limits<double>::quiet_NaN());        // counts as 0
+  h.observeSeconds(-1.0);                                          // counts as 0
+  h.observeSeconds(std::numeric_limits<double>::quiet_NaN());      // counts as 0
   const std::string text = renderMetrics();
   const std::string prefix = "pghandoff_phase_flip_pause_seconds_bucket{le=\"";
   std::uint64_t previous = 0;
@@ -250,9 +252,9 @@ TEST_F(MetricsTest, EveryCombinationIsPresentAndEveryLineIsWellFormed) {
       EXPECT_EQ(line.ends_with(" counter"), line.find("_total ") != std::string::npos)
           << "counters, and only counters, end in _total: " << line;
     }
-    const bool comment = (line.starts_with("# HELP pghandoff_") ||
-                          line.starts_with("# TYPE pghandoff_")) &&
-                         line.find(' ', 17) != std::string::npos;
+    const bool comment =
+        (line.starts_with("# HELP pghandoff_") || line.starts_with("# TYPE pghandoff_")) &&
+        line.find(' ', 17) != std::string::npos;
     EXPECT_TRUE(comment || wellFormedSample(line)) << line;
   }
   EXPECT_EQ(types, 20);
@@ -295,8 +297,9 @@ TEST_F(MetricsTest, ConcurrentIncrementsSumExactly) {
 TEST_F(MetricsTest, ResetZeroesEverythingButBuildInfo) {
   metrics().internalBugsTotal().inc();
   metrics().journalBytes().set(4096);
-  metrics().phaseFlipsTotal(labels::Phase::kMirror, labels::Phase::kTargetOnly,
-                            labels::FlipResult::kRefused)
+  metrics()
+      .phaseFlipsTotal(labels::Phase::kMirror, labels::Phase::kTargetOnly,
+                       labels::FlipResult::kRefused)
       .inc();
   resetMetricsForTest();
   EXPECT_EQ(metrics().internalBugsTotal().value(), 0u);

@@ -33,12 +33,12 @@ std::pair<std::vector<Seen>, std::vector<std::uint8_t>> relay(
     std::memcpy(space.data(), stream.data() + fed, n);
     fed += n;
     buf.commit(n);
-    auto r = buf.scan(
-        [](protocol::Bytes b) { return protocol::parseBackendHeader(b, 1 << 30); }, needsBody,
-        [&seen](const protocol::FrameHeader& h, protocol::Bytes body, bool whole) {
-          seen.push_back({h.type, whole, body.size()});
-          return true;
-        });
+    auto r = buf.scan([](protocol::Bytes b) { return protocol::parseBackendHeader(b, 1 << 30); },
+                      needsBody,
+                      [&seen](const protocol::FrameHeader& h, protocol::Bytes body, bool whole) {
+                        seen.push_back({h.type, whole, body.size()});
+                        return true;
+                      });
     EXPECT_NE(r.status, RelayBuffer::ScanStatus::kError);
     if (buf.hasReady()) {
       auto rb = buf.ready();
@@ -67,7 +67,7 @@ TEST(RelayBuffer, StreamsLargeMessagesWithoutBufferingThem) {
   EXPECT_EQ(out, stream);
   ASSERT_EQ(seen.size(), 2u);
   EXPECT_EQ(seen[0].type, 'D');
-  EXPECT_FALSE(seen[0].whole);  // streamed: reported at its header
+  EXPECT_FALSE(seen[0].whole);             // streamed: reported at its header
   EXPECT_EQ(seen[0].bodySize, 4096u - 5);  // with the part of the body that had arrived
   EXPECT_EQ(seen[1].type, 'Z');
   EXPECT_TRUE(seen[1].whole);
