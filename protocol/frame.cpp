@@ -113,19 +113,21 @@ bool isLongBackend(char t) {
   }
 }
 
-}  // namespace
-
-FrameHeader parseFrontendHeader(Bytes in, std::uint32_t maxLength) {
+// One header check for both directions: the type first, then the length
+// against the per-type limit (`smallLimit` for types that are always short),
+// then against the configured and the hard maximum.
+FrameHeader parseHeader(Bytes in, std::uint32_t maxLength, bool (*validType)(char),
+                        bool (*isSmall)(char), std::uint32_t smallLimit) {
   FrameHeader h;
   if (in.empty()) return h;
   h.type = static_cast<char>(in[0]);
-  if (!isFrontendType(h.type)) {
+  if (!validType(h.type)) {
     h.status = FrameStatus::kBadType;
     return h;
   }
   if (in.size() < 5) return h;
   h.length = readLength(in);
-  if (h.length < 4 || (isSmallFrontend(h.type) && h.length > kSmallFrontendLimit)) {
+  if (h.length < 4 || (isSmall(h.type) && h.length > smallLimit)) {
     h.status = FrameStatus::kBadLength;
   } else if (h.length > maxLength || h.length > kHardMessageLimit) {
     h.status = FrameStatus::kTooLarge;
@@ -135,24 +137,18 @@ FrameHeader parseFrontendHeader(Bytes in, std::uint32_t maxLength) {
   return h;
 }
 
+bool isShortBackend(char t) {
+  return !isLongBackend(t);
+}
+
+}  // namespace
+
+FrameHeader parseFrontendHeader(Bytes in, std::uint32_t maxLength) {
+  return parseHeader(in, maxLength, isFrontendType, isSmallFrontend, kSmallFrontendLimit);
+}
+
 FrameHeader parseBackendHeader(Bytes in, std::uint32_t maxLength) {
-  FrameHeader h;
-  if (in.empty()) return h;
-  h.type = static_cast<char>(in[0]);
-  if (!isBackendType(h.type)) {
-    h.status = FrameStatus::kBadType;
-    return h;
-  }
-  if (in.size() < 5) return h;
-  h.length = readLength(in);
-  if (h.length < 4 || (!isLongBackend(h.type) && h.length > kSmallBackendLimit)) {
-    h.status = FrameStatus::kBadLength;
-  } else if (h.length > maxLength || h.length > kHardMessageLimit) {
-    h.status = FrameStatus::kTooLarge;
-  } else {
-    h.status = FrameStatus::kOk;
-  }
-  return h;
+  return parseHeader(in, maxLength, isBackendType, isShortBackend, kSmallBackendLimit);
 }
 
 StartupHeader parseStartupHeader(Bytes in) {
