@@ -1,4 +1,5 @@
 // pghandoff command line (SPEC §3). main() stays thin: parse, dispatch.
+#include <malloc.h>
 #include <spdlog/spdlog.h>
 
 #include <cstdio>
@@ -60,6 +61,12 @@ int runProxy(const std::vector<std::string>& args) {
     std::fputs(pghandoff::config::formatErrors(loaded, path).c_str(), stderr);
     return 2;
   }
+  // Relay buffers grow for a large message whose body is needed (a 20 MB
+  // Query is collected whole to classify it) and shrink after it. A fixed
+  // mmap threshold keeps such buffers in their own mappings, so the memory
+  // goes back to the system after the spike; glibc's default threshold
+  // rises after the first free and would keep it resident for good.
+  mallopt(M_MMAP_THRESHOLD, 256 * 1024);
   try {
     pghandoff::proxy::setupLogging(loaded.config->log.level, loaded.config->log.format);
     pghandoff::proxy::ProxyServer server(std::move(*loaded.config), path);

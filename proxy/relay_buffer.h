@@ -32,9 +32,11 @@ class RelayBuffer {
         start_ = 0;
       }
       if (end_ == data_.size()) {
-        // Only a needed body that is larger than the buffer gets here; its
-        // size was validated, grow geometrically towards it.
-        std::size_t next = std::max(data_.size() * 2, std::min(want_, data_.size() * 4));
+        // A needed body larger than the buffer (its size was validated
+        // against the limit before anything grew) or a large startup-phase
+        // message: double, but never beyond the message being collected.
+        std::size_t next = data_.size() * 2;
+        if (want_ > data_.size()) next = std::min(next, want_);
         data_.resize(next);
       }
     }
