@@ -11,6 +11,7 @@
 #include "protocol/scram.h"
 #include "proxy/logging.h"
 #include "proxy/metrics.h"
+#include "proxy/watchdog.h"
 
 namespace pghandoff::proxy {
 
@@ -87,22 +88,13 @@ awaitable<void> ClientSession::runInner() {
   // Startup and authentication are bounded by limits.startup_timeout: a
   // watchdog closes the socket, so a slowloris client (B5, B6) cannot hold a
   // connection slot.
-  auto expired = std::make_shared<bool>(false);
-  auto done = std::make_shared<bool>(false);
-  asio::steady_timer watchdog(ex_);
-  watchdog.expires_after(rt_->cfg.limits.startupTimeout);
-  auto self = shared_from_this();
-  watchdog.async_wait([self, expired, done](error_code ec) {
-    if (!ec && !*done) {
-      *expired = true;
-      self->startupTimedOut_ = true;
-      self->client_.close();
-    }
+  Watchdog watchdog(ex_, rt_->cfg.limits.startupTimeout, [self = shared_from_this()] {
+    self->startupTimedOut_ = true;
+    self->client_.close();
   });
   bool ok = co_await startupPhase();
-  *done = true;
-  watchdog.cancel();
-  if (*expired) {
+  watchdog.disarm();
+  if (startupTimedOut_) {
     metrics().clientConnectionsRejectedTotal(RejectReason::kStartupTimeout).inc();
     spdlog::info("session {}: startup timed out after {} ms ({})", id_,
                  rt_->cfg.limits.startupTimeout.count(), clientAddress_);
@@ -618,7 +610,6 @@ awaitable<void> ClientSession::clientToServer() {
     }
     if (terminate) {
       // The server closes its side after Terminate; serverToClient sees EOF.
-      terminateSent_ = true;
       closing_ = true;
       co_return;
     }

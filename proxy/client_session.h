@@ -109,8 +109,7 @@ class ClientSession : public std::enable_shared_from_this<ClientSession> {
   tcp::endpoint serverEndpoint_;
 
   // Relay coordination (all on the session's executor).
-  bool closing_ = false;        // the session is ending; no more errors to the client
-  bool terminateSent_ = false;  // client sent Terminate
+  bool closing_ = false;  // the session is ending; no more errors to the client
   bool serverWriting_ = false;
   bool clientWriting_ = false;
   bool shutdownRequested_ = false;

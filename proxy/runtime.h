@@ -59,7 +59,6 @@ class Registry {
     return false;
   }
   void release() { clients_.fetch_sub(1, std::memory_order_relaxed); }
-  [[nodiscard]] std::uint32_t clients() const { return clients_.load(std::memory_order_relaxed); }
 
   void add(const std::shared_ptr<ClientSession>& s);
   void remove(const ClientSession* s, std::optional<protocol::BackendKeyData> key);

@@ -70,7 +70,6 @@ class SessionMachine {
     txStatus_ = txStatus;
     transition(SessionState::kIdle);
   }
-  void closing() { transition(SessionState::kClosing); }
   void closed() { transition(SessionState::kClosed); }
 
   // A whole frame from the client (type byte only: bodies are not needed to

@@ -8,6 +8,7 @@
 #include "protocol/scram.h"
 #include "protocol/startup.h"
 #include "proxy/tls.h"
+#include "proxy/watchdog.h"
 
 namespace pghandoff::proxy {
 
@@ -51,23 +52,11 @@ awaitable<std::optional<std::pair<char, std::vector<std::uint8_t>>>> readMessage
 awaitable<LoginResult> ServerConnection::login(
     const config::ConnInfo& info, const std::vector<std::pair<std::string, std::string>>& params,
     std::chrono::milliseconds timeout) {
-  // A watchdog closes the socket when the deadline passes; every pending
-  // operation then fails and login returns.
-  // The flags are shared with the handler: it may run after login returned.
-  asio::steady_timer watchdog(stream_.socket().get_executor());
-  auto expired = std::make_shared<bool>(false);
-  auto done = std::make_shared<bool>(false);
-  watchdog.expires_after(timeout);
-  watchdog.async_wait([this, expired, done](error_code ec) {
-    if (!ec && !*done) {
-      *expired = true;
-      stream_.close();
-    }
-  });
+  // The connection object outlives login (the session owns it).
+  Watchdog watchdog(stream_.socket().get_executor(), timeout, [this] { stream_.close(); });
   LoginResult r = co_await loginSteps(info, params);
-  *done = true;
-  watchdog.cancel();
-  if (*expired) {
+  watchdog.disarm();
+  if (watchdog.expired()) {
     r = fail("connection to " + where(info) + " timed out after " +
              std::to_string(timeout.count()) + " ms");
   }
@@ -279,15 +268,10 @@ awaitable<LoginResult> ServerConnection::loginSteps(
 
 awaitable<bool> sendCancel(asio::any_io_executor ex, tcp::endpoint endpoint,
                            protocol::BackendKeyData key) {
-  // Shared with the watchdog's handler, which may run after we return.
   auto sock = std::make_shared<tcp::socket>(ex);
-  asio::steady_timer watchdog(ex);
-  watchdog.expires_after(std::chrono::seconds(5));
-  watchdog.async_wait([sock](error_code ec) {
-    if (!ec) {
-      error_code ignored;
-      sock->close(ignored);
-    }
+  Watchdog watchdog(ex, std::chrono::seconds(5), [sock] {
+    error_code ignored;
+    sock->close(ignored);
   });
   auto [cec] = co_await sock->async_connect(endpoint, kUseAwaitable);
   if (cec) co_return false;
@@ -298,7 +282,6 @@ awaitable<bool> sendCancel(asio::any_io_executor ex, tcp::endpoint endpoint,
   // The server closes the connection when it has processed the request.
   std::uint8_t b;
   co_await sock->async_read_some(asio::buffer(&b, 1), kUseAwaitable);
-  watchdog.cancel();
   co_return true;
 }
 
