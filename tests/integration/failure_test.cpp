@@ -399,5 +399,50 @@ TEST_F(Failure, MetricsCountSessionsAndFailedLoginsExactly) {
   EXPECT_EQ(proxy.metric("pghandoff_internal_bugs_total"), 0.0);
 }
 
+// queries_total{side,kind} counts each simple Query and each Execute once, by
+// what PostgreSQL's parser says the statement does: reads only when nothing in
+// it writes (nextval() makes a SELECT a write); transaction control, DDL and
+// session state take the write path. Extended-protocol Executes are counted
+// by the statement their portal was bound to.
+TEST_F(Failure, QueriesAreCountedBySideAndKindExactly) {
+  ProxyProcess proxy(options());
+  EXPECT_EQ(proxy.metric("pghandoff_phase{phase=\"source-only\"}"), 1.0);
+  EXPECT_EQ(proxy.metric("pghandoff_phase{phase=\"mirror\"}"), 0.0);
+  EXPECT_EQ(proxy.metric("pghandoff_build_info{version=\"" PGHANDOFF_VERSION "\"}"), 1.0);
+  const std::string readKey = "pghandoff_queries_total{side=\"source\",kind=\"read\"}";
+  const std::string writeKey = "pghandoff_queries_total{side=\"source\",kind=\"write\"}";
+  const double reads0 = proxy.metric(readKey);
+  const double writes0 = proxy.metric(writeKey);
+
+  RawClient c = loginOrThrow(proxy.port(), as("kinds"));
+  for (const char* sql :
+       {"SELECT 1", "select 2", "SELECT 1; SELECT 2",  // 3 reads
+        "CREATE TEMP TABLE qk (a int)", "INSERT INTO qk VALUES (1)", "CREATE TEMP SEQUENCE qs",
+        "BEGIN", "SELECT nextval('qs')", "COMMIT"}) {  // 6 writes
+    QueryResult q = simpleQuery(c, sql);
+    ASSERT_EQ(q.readyCount, 1) << sql;
+    ASSERT_TRUE(q.errors.empty()) << sql;
+  }
+  // Extended: one read through the unnamed statement, two Executes of a named
+  // INSERT statement bound to the unnamed portal.
+  ASSERT_TRUE(c.send(concat(
+      {parseMessage("", "SELECT 42"), bindMessage("", ""), executeMessage(""), syncMessage()})));
+  QueryResult e1 = readUntilReady(c);
+  ASSERT_EQ(e1.readyCount, 1);
+  ASSERT_TRUE(e1.errors.empty());
+  ASSERT_TRUE(c.send(
+      concat({parseMessage("ins", "INSERT INTO qk VALUES (2)"), bindMessage("", "ins"),
+              executeMessage(""), bindMessage("", "ins"), executeMessage(""), syncMessage()})));
+  QueryResult e2 = readUntilReady(c);
+  ASSERT_EQ(e2.readyCount, 1);
+  ASSERT_TRUE(e2.errors.empty());
+  EXPECT_EQ(simpleQuery(c, "SELECT count(*) FROM qk").rows.at(0).at(0), "3");  // 1 more read
+
+  EXPECT_EQ(proxy.metric(readKey) - reads0, 5.0);
+  EXPECT_EQ(proxy.metric(writeKey) - writes0, 8.0);
+  EXPECT_EQ(proxy.metric("pghandoff_queries_total{side=\"target\",kind=\"read\"}"), 0.0);
+  EXPECT_EQ(proxy.metric("pghandoff_queries_total{side=\"target\",kind=\"write\"}"), 0.0);
+}
+
 }  // namespace
 }  // namespace pghandoff::test
