@@ -20,7 +20,7 @@ cd "$(dirname "$0")/.."
 
 DURATION="${BENCH_SECONDS:-10}"
 REPEAT="${BENCH_REPEAT:-3}"
-CLIENT_COUNTS=(1 8 32)
+read -r -a CLIENT_COUNTS <<< "${BENCH_CLIENTS:-1 8 32}"
 TPCB_CLIENTS=8
 TARGETS=(direct pgbouncer pghandoff)
 PGBIN=/usr/lib/postgresql/15/bin
@@ -164,7 +164,7 @@ auth: { method: scram-sha-256, users: [{ name: app, password: "\${APP_PASSWORD}"
 admin: { listen: 127.0.0.1:$aport, token: "\${PGHANDOFF_ADMIN_TOKEN}" }
 state: { dir: $work/state }
 log: { level: warn, format: text }
-threads: 2
+threads: ${BENCH_THREADS:-2}
 YAML
 SOURCE_PASSWORD="$src_pw" APP_PASSWORD="$app_pw" PGHANDOFF_ADMIN_TOKEN="$token" \
   "$BIN" proxy --config "$work/pghandoff.yaml" 2> "$work/pghandoff.log" &
@@ -204,12 +204,24 @@ echo "== direct :$sport   pgbouncer :$bport (pid $bouncer_pid)   pghandoff :$ppo
 
 # --- runs ---------------------------------------------------------------------
 mkdir -p "$work/results"
+# cpu_ticks PID: utime + stime of the process, in clock ticks (proc(5) fields 14, 15).
+cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
+# ctx_switches PID: voluntary + involuntary context switches of all its threads.
+ctx_switches() {
+  cat /proc/"$1"/task/*/status 2>/dev/null | awk '/ctxt_switches/ { n += $2 } END { print n + 0 }'
+}
 # run_one TARGET LABEL CLIENTS PGBENCH-ARGS... : appends "tps latency_ms" to results/TARGET.LABEL
 run_one() {
   local t=$1 label=$2 c=$3
   shift 3
   local j=$((c < 2 ? c : 2)) out="$work/pgbench.out"
   target_conn "$t"
+  # CPU the relay itself spent (user + system, clock ticks) during the run:
+  # TPS on 2 shared cores is noisy, CPU per transaction much less so.
+  local relay_pid="" cpu0=0
+  case "$t" in pghandoff) relay_pid=$proxy_pid ;; pgbouncer) relay_pid=$bouncer_pid ;; esac
+  local cs0=0
+  [ -n "$relay_pid" ] && cpu0=$(cpu_ticks "$relay_pid") && cs0=$(ctx_switches "$relay_pid")
   if ! PGPASSWORD="$password" "$PGBIN/pgbench" -n "$@" -c "$c" -j "$j" -T "$DURATION" \
         -h 127.0.0.1 -p "$port" -U "$user" postgres > "$out" 2>&1; then
     echo "pgbench against $t failed:" >&2
@@ -224,8 +236,16 @@ run_one() {
     cat "$out" >&2
     exit 1
   fi
-  echo "$tps $lat" >> "$work/results/$t.$label"
-  printf '  %-9s %-8s %10.1f tps %8.3f ms\n' "$t" "$label" "$tps" "$lat" >&2
+  local cpu_us=0 cs_tx=0
+  if [ -n "$relay_pid" ]; then
+    cs_tx=$(awk -v c0="$cs0" -v c1="$(ctx_switches "$relay_pid")" -v tps="$tps" -v d="$DURATION" \
+      'BEGIN { printf "%.2f", (c1 - c0) / (tps * d) }')
+    cpu_us=$(awk -v t0="$cpu0" -v t1="$(cpu_ticks "$relay_pid")" -v hz="$(getconf CLK_TCK)" \
+      -v tps="$tps" -v d="$DURATION" 'BEGIN { printf "%.1f", (t1 - t0) * 1e6 / hz / (tps * d) }')
+  fi
+  echo "$tps $lat $cpu_us $cs_tx" >> "$work/results/$t.$label"
+  printf '  %-9s %-8s %10.1f tps %8.3f ms %7s us cpu/tx %6s cs/tx\n' "$t" "$label" "$tps" "$lat" \
+    "$cpu_us" "$cs_tx" >&2
 }
 
 # Warm-up, not recorded: fills PgBouncer's server pool (it opens server
@@ -264,16 +284,19 @@ d, labels = sys.argv[1], sys.argv[2:]
 def med(target, label):
     rows = [l.split() for l in open(f"{d}/{target}.{label}") if l.strip()]
     return (statistics.median(float(r[0]) for r in rows),
-            statistics.median(float(r[1]) for r in rows))
+            statistics.median(float(r[1]) for r in rows),
+            statistics.median(float(r[2]) for r in rows))
 cols = ["clients", "direct_tps", "pgbouncer_tps", "pghandoff_tps", "pghandoff/direct",
         "pghandoff/pgbouncer", "direct_lat_ms", "pgbouncer_lat_ms", "pghandoff_lat_ms",
-        "added_lat_pgbouncer_ms", "added_lat_pghandoff_ms"]
+        "added_lat_pgbouncer_ms", "added_lat_pghandoff_ms", "pgbouncer_cpu_us/tx",
+        "pghandoff_cpu_us/tx"]
 out = [cols]
 for label in labels:
-    (dt, dl), (bt, bl), (ht, hl) = (med(t, label) for t in ("direct", "pgbouncer", "pghandoff"))
+    (dt, dl, _), (bt, bl, bc), (ht, hl, hc) = (med(t, label)
+                                              for t in ("direct", "pgbouncer", "pghandoff"))
     name = f"{label[4:]} tpcb" if label.startswith("tpcb") else label
     out.append([name, f"{dt:.0f}", f"{bt:.0f}", f"{ht:.0f}", f"{ht/dt:.2f}", f"{ht/bt:.2f}",
-                f"{dl:.3f}", f"{bl:.3f}", f"{hl:.3f}", f"{bl-dl:+.3f}", f"{hl-dl:+.3f}"])
+                f"{dl:.3f}", f"{bl:.3f}", f"{hl:.3f}", f"{bl-dl:+.3f}", f"{hl-dl:+.3f}", f"{bc:.1f}", f"{hc:.1f}"])
 w = [max(len(r[i]) for r in out) for i in range(len(cols))]
 for r in out:
     print("  ".join(r[i].rjust(w[i]) for i in range(len(cols))))
