@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "config/config.h"
+#include "proxy/admin.h"
 #include "proxy/asio.h"
 #include "proxy/logging.h"
 #include "proxy/server.h"
@@ -148,7 +149,7 @@ int main(int argc, char** argv) {
     if (rest[0] == "get") return adminRequest(optionValue(rest, "--admin"), "GET", "/phase", "");
     if (rest[0] == "set" && rest.size() >= 2) {
       return adminRequest(optionValue(rest, "--admin"), "POST", "/phase",
-                          "{\"phase\":\"" + rest[1] + "\"}");
+                          "{\"phase\":\"" + pghandoff::proxy::jsonEscape(rest[1]) + "\"}");
     }
     return usage(2);
   }

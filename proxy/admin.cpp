@@ -12,6 +12,7 @@
 #include <map>
 #include <stdexcept>
 
+#include "config/config.h"
 #include "proxy/asio.h"
 #include "proxy/metrics.h"
 
@@ -27,8 +28,7 @@ using Request = http::request<http::string_body>;
 using Response = http::response<http::string_body>;
 using Digest = std::array<unsigned char, 32>;
 
-constexpr std::string_view kNotBuilt =
-    R"json({"error":"not built yet: phase changes arrive with dual-write (issue 3)"})json";
+constexpr std::string_view kNotBuilt = R"json({"error":"not built yet"})json";
 // Bytes read and thrown away after an error response, so that closing a socket with unread
 // request bytes does not reset the connection before the client has read the response.
 constexpr std::size_t kLingerBytes = 1024 * 1024;
@@ -217,15 +217,6 @@ class JsonCursor {
   std::size_t i_ = 0;
 };
 
-// "5s", "250ms", "2m": what config durations look like.
-bool validDuration(std::string_view s) {
-  std::size_t digits = 0;
-  while (digits < s.size() && s[digits] >= '0' && s[digits] <= '9') ++digits;
-  if (digits == 0 || digits > 9) return false;
-  std::string_view unit = s.substr(digits);
-  return unit == "ms" || unit == "s" || unit == "m";
-}
-
 // ---- HTTP ------------------------------------------------------------------------------------
 
 Response jsonResponse(http::status status, std::string body, unsigned version, bool keepAlive) {
@@ -371,29 +362,49 @@ struct AdminServer::State {
     return CRYPTO_memcmp(presented.data(), tokenDigest.data(), presented.size()) == 0;
   }
 
-  Response postPhase(const Request& req) const {
+  // A validated control request, run by handleAsync after the synchronous checks.
+  struct Control {
+    enum class Kind { kNone, kPhase, kPause, kResume } kind = Kind::kNone;
+    std::string phase;
+    std::optional<std::chrono::milliseconds> drainTimeout;
+  };
+
+  // Parses {"phase": ..., "drain_timeout": ...} (POST /phase) or {"drain_timeout": ...}
+  // (POST /pause, where an empty body is fine). Fills `out` or returns the 400 to send.
+  std::optional<Response> parseControlBody(const Request& req, bool wantPhase, Control& out) const {
     // B59: validate the whole body before anything could change.
+    if (!wantPhase && req.body().find_first_not_of(" \t\r\n") == std::string::npos) {
+      return std::nullopt;
+    }
     auto members = parseFlatJsonObject(req.body());
     if (!members) {
       return errorResponse(http::status::bad_request,
-                           R"(body must be a JSON object of strings, e.g. {"phase": "mirror", )"
-                           R"("drain_timeout": "5s"})",
+                           wantPhase ? R"(body must be a JSON object of strings, e.g. {"phase": )"
+                                       R"("mirror", "drain_timeout": "5s"})"
+                                     : R"(body must be empty or a JSON object of strings, e.g. )"
+                                       R"({"drain_timeout": "5s"})",
                            req);
     }
     std::optional<std::string_view> phase;
     for (const auto& [key, value] : *members) {
-      if (key == "phase") {
+      if (key == "phase" && wantPhase) {
         phase = value;
       } else if (key == "drain_timeout") {
-        if (!validDuration(value)) {
+        auto d = config::parseDuration(value);
+        if (!d || d->count() <= 0) {
           return errorResponse(http::status::bad_request,
                                "drain_timeout must be a duration such as 5s or 250ms", req);
         }
+        out.drainTimeout = *d;
       } else {
         return errorResponse(http::status::bad_request,
-                             "unknown field; expected phase and optionally drain_timeout", req);
+                             wantPhase
+                                 ? "unknown field; expected phase and optionally drain_timeout"
+                                 : "unknown field; expected only drain_timeout",
+                             req);
       }
     }
+    if (!wantPhase) return std::nullopt;
     if (!phase) return errorResponse(http::status::bad_request, "phase is required", req);
     if (!phaseFromName(*phase)) {
       // B56. The name is not echoed: it is peer input.
@@ -406,11 +417,39 @@ struct AdminServer::State {
       }
       return errorResponse(http::status::bad_request, msg, req);
     }
-    return jsonResponse(http::status::not_implemented, std::string(kNotBuilt), req.version(),
-                        req.keep_alive());
+    out.phase = std::string(*phase);
+    return std::nullopt;
   }
 
-  Response handle(const Request& req) const {
+  // Every request: the synchronous checks in handle(), then the control hook if any.
+  awaitable<Response> handleAsync(const Request& req) const {
+    Control control;
+    Response res = handle(req, control);
+    if (control.kind == Control::Kind::kNone) co_return res;
+    AdminReply reply{501, std::string(kNotBuilt)};
+    try {
+      switch (control.kind) {
+        case Control::Kind::kPhase:
+          if (hooks.setPhase) reply = co_await hooks.setPhase(control.phase, control.drainTimeout);
+          break;
+        case Control::Kind::kPause:
+          if (hooks.pause) reply = co_await hooks.pause(control.drainTimeout);
+          break;
+        case Control::Kind::kResume:
+          if (hooks.resume) reply = hooks.resume();
+          break;
+        case Control::Kind::kNone:
+          break;
+      }
+    } catch (const std::exception& e) {
+      spdlog::error("admin: control request failed: {}", e.what());
+      reply = AdminReply{500, R"({"error":"internal error"})"};
+    }
+    co_return jsonResponse(static_cast<http::status>(reply.status), std::move(reply.json),
+                           req.version(), req.keep_alive());
+  }
+
+  Response handle(const Request& req, Control& control) const {
     std::string_view target(req.target().data(), req.target().size());
     std::string_view path = target.substr(0, target.find('?'));
     const Route* route = nullptr;
@@ -460,10 +499,18 @@ struct AdminServer::State {
         return jsonResponse(http::status::ok, R"({"phase":")" + jsonEscape(hooks.phase()) + "\"}",
                             req.version(), req.keep_alive());
       }
-      if (path == "/phase") return postPhase(req);
-      // POST /pause, POST /resume.
-      return jsonResponse(http::status::not_implemented, std::string(kNotBuilt), req.version(),
-                          req.keep_alive());
+      // POST /phase, /pause, /resume: validated here, run by handleAsync.
+      if (path == "/resume") {
+        if (req.body().find_first_not_of(" \t\r\n") != std::string::npos) {
+          return errorResponse(http::status::bad_request, "POST /resume takes no body", req);
+        }
+        control.kind = Control::Kind::kResume;
+        return Response{};
+      }
+      const bool isPhase = path == "/phase";
+      if (auto bad = parseControlBody(req, isPhase, control)) return std::move(*bad);
+      control.kind = isPhase ? Control::Kind::kPhase : Control::Kind::kPause;
+      return Response{};
     } catch (const std::exception& e) {
       spdlog::error("admin: {} failed: {}", path, e.what());
       return errorResponse(http::status::internal_server_error, "internal error", req);
@@ -548,7 +595,7 @@ awaitable<void> session(std::shared_ptr<AdminServer::State> st,
       // end of stream, timeout, reset, stop(): just close.
       break;
     }
-    Response res = st->handle(parser.get());
+    Response res = co_await st->handleAsync(parser.get());
     const bool keepAlive = res.keep_alive();
     stream->expires_after(st->options.timeout);
     auto [wec, wn] = co_await http::async_write(*stream, res, kUseAwaitable);

@@ -18,15 +18,30 @@
 #include <utility>
 #include <vector>
 
+#include <boost/asio/awaitable.hpp>
 #include <boost/asio/io_context.hpp>
 
 namespace pghandoff::proxy {
 
-// Called on the admin server's strand; they must be safe to call from that thread.
+// What a control hook answers: the HTTP status and a JSON body.
+struct AdminReply {
+  int status;
+  std::string json;
+};
+
+// Called on the admin server's strand; they must be safe to call from that thread. A missing
+// control hook (setPhase, pause, resume) answers 501 "not built yet".
 struct AdminHooks {
   std::function<bool()> healthy;            // /healthz 200 when true, 503 otherwise
   std::function<std::string()> statusJson;  // GET /status body (application/json)
   std::function<std::string()> phase;       // GET /phase -> {"phase":"source-only"}
+  // POST /phase, after validation: a known phase name, drain_timeout if given.
+  std::function<boost::asio::awaitable<AdminReply>(std::string,
+                                                   std::optional<std::chrono::milliseconds>)>
+      setPhase;
+  // POST /pause (optional body {"drain_timeout": "5s"}), POST /resume (no body).
+  std::function<boost::asio::awaitable<AdminReply>(std::optional<std::chrono::milliseconds>)> pause;
+  std::function<AdminReply()> resume;
 };
 
 struct AdminOptions {

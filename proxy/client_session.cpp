@@ -39,6 +39,7 @@ ClientSession::ClientSession(tcp::socket socket, std::shared_ptr<const Runtime> 
                              Registry& registry, bool admitted, std::uint64_t id)
     : rt_(std::move(rt)),
       registry_(registry),
+      phases_(registry.phases()),
       id_(id),
       admitted_(admitted),
       ex_(socket.get_executor()),
@@ -52,6 +53,7 @@ ClientSession::ClientSession(tcp::socket socket, std::shared_ptr<const Runtime> 
 }
 
 ClientSession::~ClientSession() {
+  if (inTransaction_) phases_.end();  // the server rolled it back when the connection closed
   metrics().clientConnections().dec();
   if (admitted_) registry_.release();
 }
@@ -158,7 +160,8 @@ awaitable<bool> ClientSession::startupPhase() {
     }
     if (code == protocol::kSslRequestCode || code == protocol::kGssEncRequestCode) {
       bool ssl = code == protocol::kSslRequestCode;
-      if ((ssl && (sslDone || client_.isTls())) || (!ssl && gssDone)) {
+      // Inside TLS a GSSENCRequest is a duplicate too (PostgreSQL marks GSS done once SSL is up).
+      if ((ssl && (sslDone || client_.isTls())) || (!ssl && (gssDone || client_.isTls()))) {
         prepareFatal(sqlstate::kProtocolViolation, "duplicate encryption request");  // B16
         co_await flushError();
         co_return false;
@@ -596,6 +599,11 @@ awaitable<void> ClientSession::clientToServer() {
       co_await closeServerGracefully(machine_.serverBusy());
       co_return;
     }
+    // Work that starts at a transaction boundary takes the phase barrier
+    // first (a lone Terminate does not: it ends the session).
+    if (cbuf_.hasReady() && !inTransaction_ && !(terminate && cbuf_.ready().size() == 5)) {
+      if (!co_await beginTransaction()) co_return;
+    }
     if (cbuf_.hasReady()) {
       auto bytes = cbuf_.ready().size();
       serverWriting_ = true;
@@ -629,6 +637,41 @@ awaitable<void> ClientSession::clientToServer() {
   }
 }
 
+awaitable<bool> ClientSession::beginTransaction() {
+  while (true) {
+    if (auto phase = phases_.tryBegin()) {
+      inTransaction_ = true;
+      txPhase_ = *phase;
+      co_return true;
+    }
+    // A flip or a pause holds new transactions: the client sees a pause.
+    if (!holdTimer_) holdTimer_ = std::make_shared<asio::steady_timer>(ex_);
+    spdlog::debug("session {}: held at the phase barrier", id_);
+    co_await phases_.waitForOpen(holdTimer_);
+    spdlog::debug("session {}: released from the phase barrier{}", id_,
+                  shutdownRequested_ ? " (shutting down)" : "");
+    if (closing_ || forced_) co_return false;  // serverToClient ends the session
+    if (shutdownRequested_) {
+      // Graceful shutdown while held: the new transaction never started, so
+      // the session is at a boundary and ends as PostgreSQL's smart shutdown
+      // would end it.
+      closing_ = true;
+      prepareFatal(sqlstate::kAdminShutdown, "terminating connection due to administrator command");
+      co_await flushError();
+
+      co_await closeServerGracefully(false);
+      client_.close();
+      co_return false;
+    }
+  }
+}
+
+void ClientSession::endTransaction() {
+  if (!inTransaction_) return;
+  inTransaction_ = false;
+  phases_.end();
+}
+
 awaitable<void> ClientSession::closeServerGracefully(bool cancelFirst) {
   closing_ = true;
   if (!server_) co_return;
@@ -659,7 +702,10 @@ awaitable<void> ClientSession::serverToClient() {
                        outOfSync = true;
                        return false;
                      }
-                     if (h.type == 'Z') onReadyForMetrics();
+                     if (h.type == 'Z') {
+                       onReadyForMetrics();
+                       if (machine_.atTransactionBoundary()) endTransaction();
+                     }
                      if (h.type == 'E') {
                        if (auto e = protocol::decodeErrorBody(body)) {
                          metrics().clientErrorsTotal(sqlStateLabel(e->code)).inc();
@@ -707,8 +753,12 @@ awaitable<void> ClientSession::serverToClient() {
       // timeout): the client hears why, the server session ends cleanly.
       co_await closeServerGracefully(forced_ && machine_.serverBusy());
       if (!sbuf_.midMessage()) {
-        protocol::ErrorFields e{"FATAL", sqlstate::kAdminShutdown,
-                                "terminating connection due to administrator command", "", ""};
+        protocol::ErrorFields e{
+            "FATAL", sqlstate::kAdminShutdown,
+            flipCancelled_ ? "terminating connection: its transaction was still open when a phase "
+                             "change reached flip.drain_timeout (flip.on_timeout: cancel)"
+                           : "terminating connection due to administrator command",
+            "", ""};
         prepareError(e);
         co_await flushError();
       }
@@ -751,6 +801,7 @@ awaitable<void> ClientSession::serverToClient() {
 void ClientSession::requestShutdown() {
   asio::post(ex_, [self = shared_from_this()] {
     self->shutdownRequested_ = true;
+    if (self->holdTimer_) self->holdTimer_->cancel();  // held at the barrier: end now
     auto st = static_cast<SessionState>(self->publicState_.load(std::memory_order_relaxed));
     if (st == SessionState::kStartup || st == SessionState::kAuthenticating ||
         st == SessionState::kConnecting) {
@@ -765,8 +816,18 @@ void ClientSession::requestShutdown() {
   });
 }
 
+void ClientSession::cancelForFlip() {
+  asio::post(ex_, [self = shared_from_this()] {
+    if (!self->inTransaction_ || self->closing_ || self->forced_) return;
+    spdlog::info("session {}: ending its open transaction for a phase change", self->id_);
+    self->flipCancelled_ = true;
+    self->forceClose();
+  });
+}
+
 void ClientSession::forceClose() {
   asio::post(ex_, [self = shared_from_this()] {
+    if (self->holdTimer_) self->holdTimer_->cancel();
     self->forced_ = true;
     self->shutdownRequested_ = true;
     if (!self->server_) {

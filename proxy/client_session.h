@@ -15,6 +15,7 @@
 #include "protocol/error.h"
 #include "protocol/startup.h"
 #include "proxy/asio.h"
+#include "proxy/phase.h"
 #include "proxy/relay_buffer.h"
 #include "proxy/runtime.h"
 #include "proxy/session_machine.h"
@@ -37,6 +38,10 @@ class ClientSession : public std::enable_shared_from_this<ClientSession> {
   void requestShutdown();
   // Past the shutdown timeout: close now.
   void forceClose();
+  // flip.on_timeout: cancel — if this session holds a transaction open across
+  // a phase change past flip.drain_timeout, end it (57P01; the server rolls
+  // the transaction back). Called on any thread.
+  void cancelForFlip();
 
   // For /status (a snapshot, read from another thread; values are relaxed).
   struct Info {
@@ -70,6 +75,11 @@ class ClientSession : public std::enable_shared_from_this<ClientSession> {
   awaitable<void> clientToServer();
   awaitable<void> serverToClient();
   awaitable<void> closeServerGracefully(bool cancelFirst);
+  // Takes the phase barrier before work starts at a transaction boundary;
+  // waits while a flip or a pause holds new transactions. False when the
+  // session is ending instead.
+  awaitable<bool> beginTransaction();
+  void endTransaction();
 
   // Errors to the client: prepared by plain functions, sent by a coroutine
   // without arguments. No temporary ever lives in a co_await expression:
@@ -88,6 +98,7 @@ class ClientSession : public std::enable_shared_from_this<ClientSession> {
 
   std::shared_ptr<const Runtime> rt_;
   Registry& registry_;
+  PhaseController& phases_;
   std::uint64_t id_;
   bool admitted_;
   asio::any_io_executor ex_;
@@ -116,6 +127,13 @@ class ClientSession : public std::enable_shared_from_this<ClientSession> {
   bool forced_ = false;
   bool serverSentFatal_ = false;
   bool startupTimedOut_ = false;  // set by the startup watchdog
+  bool flipCancelled_ = false;    // forced_ by cancelForFlip, not by shutdown
+
+  // The phase barrier (proxy/phase.h): held from the first message of a
+  // transaction to the ReadyForQuery that ends it.
+  bool inTransaction_ = false;
+  Phase txPhase_ = Phase::kSourceOnly;
+  std::shared_ptr<asio::steady_timer> holdTimer_;  // waiting for the gate to open
   std::vector<std::uint8_t> errorOut_;
   std::optional<protocol::ErrorFields> pendingFatal_;  // sent by serverToClient as its last word
 

@@ -183,6 +183,12 @@ class Histogram {
   [[nodiscard]] std::uint64_t bucket(std::size_t i) const noexcept {
     return buckets_[i].load(std::memory_order_relaxed);
   }
+  // Observations so far (the _count sample).
+  [[nodiscard]] std::uint64_t count() const noexcept {
+    std::uint64_t n = 0;
+    for (const auto& b : buckets_) n += b.load(std::memory_order_relaxed);
+    return n;
+  }
   [[nodiscard]] std::uint64_t sumNanos() const noexcept {
     return sumNanos_.load(std::memory_order_relaxed);
   }

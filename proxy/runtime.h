@@ -44,9 +44,14 @@ struct Runtime {
                                                           std::vector<std::uint8_t> mockSecret);
 
 class ClientSession;
+class PhaseController;
 
 class Registry {
  public:
+  explicit Registry(PhaseController& phases) : phases_(phases) {}
+  // The migration phase and its barrier, shared by every session.
+  PhaseController& phases() { return phases_; }
+
   // Statement classification shared by every session (cached by text).
   protocol::ClassificationCache& classifier() { return classifier_; }
 
@@ -74,6 +79,7 @@ class Registry {
   static std::uint64_t packKey(protocol::BackendKeyData k) {
     return (std::uint64_t(std::uint32_t(k.pid)) << 32) | std::uint32_t(k.key);
   }
+  PhaseController& phases_;
   protocol::ClassificationCache classifier_;
   std::atomic<std::uint32_t> clients_{0};
   std::mutex mu_;

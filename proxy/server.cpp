@@ -29,10 +29,28 @@ tcp::endpoint resolveListen(asio::io_context& io, const config::Endpoint& ep) {
   }
   return results.begin()->endpoint();
 }
+// The phases this build can serve. The others arrive with dual-write
+// (issue 3) and the seed (issue 4); asking for them answers 501.
+bool phaseServed(Phase p) {
+  return p == Phase::kSourceOnly;
+}
+
+std::unique_ptr<PhaseController> makePhaseController(const config::Config& cfg) {
+  PhaseStore store(cfg.state.dir);
+  Phase saved = store.load();
+  if (!phaseServed(saved)) {
+    throw std::runtime_error(store.file().string() + " says the migration is in phase " +
+                             std::string(phaseName(saved)) +
+                             ", which this build of pghandoff cannot serve yet");
+  }
+  return std::make_unique<PhaseController>(std::move(store), saved);
+}
 }  // namespace
 
 ProxyServer::ProxyServer(config::Config cfg, std::string configPath)
     : configPath_(std::move(configPath)),
+      phases_(makePhaseController(cfg)),
+      registry_(*phases_),
       acceptor_(mainIo_),
       signals_(mainIo_, SIGTERM, SIGINT, SIGHUP) {
   mockSecret_.resize(32);
@@ -54,7 +72,15 @@ ProxyServer::ProxyServer(config::Config cfg, std::string configPath)
     AdminHooks hooks;
     hooks.healthy = [this] { return accepting_.load(); };
     hooks.statusJson = [this] { return statusJson(); };
-    hooks.phase = [] { return std::string("{\"phase\":\"source-only\"}"); };
+    hooks.phase = [this] { return std::string(phaseName(phases_->current())); };
+    hooks.setPhase = [this](std::string name, std::optional<std::chrono::milliseconds> drain) {
+      return setPhase(std::move(name), drain);
+    };
+    hooks.pause = [this](std::optional<std::chrono::milliseconds> drain) { return pause(drain); };
+    hooks.resume = [this] {
+      auto r = phases_->resume();
+      return AdminReply{r.status, std::move(r.json)};
+    };
     admin_ = std::make_unique<AdminServer>(mainIo_, cfg.admin.listen->host, cfg.admin.listen->port,
                                            cfg.admin.token, std::move(hooks));
   }
@@ -64,7 +90,32 @@ ProxyServer::ProxyServer(config::Config cfg, std::string configPath)
     workerIo_.push_back(std::make_unique<asio::io_context>(1));
     guards_.push_back(asio::make_work_guard(*workerIo_.back()));
   }
-  metrics().setCurrentPhase(labels::Phase::kSourceOnly);
+}
+
+awaitable<AdminReply> ProxyServer::setPhase(std::string name,
+                                            std::optional<std::chrono::milliseconds> drain) {
+  const Phase to = *phaseFromName(name);  // validated by the admin API
+  const Phase from = phases_->current();
+  // A refused step says why (409) even where the phase is not built yet.
+  if (!refuseTransition(from, to) && !phaseServed(to)) {
+    std::string body = "{\"error\":\"not built yet: phase " + name +
+                       " needs dual-write to the target (issue 3)\",\"phase\":\"" +
+                       std::string(phaseName(from)) + "\"}";
+    co_return AdminReply{501, std::move(body)};
+  }
+  auto rt = runtime();
+  auto r = co_await phases_->flip(to, drain.value_or(rt->cfg.flip.drainTimeout),
+                                  rt->cfg.flip.onTimeout, [this] { cancelInFlight(); });
+  co_return AdminReply{r.status, std::move(r.json)};
+}
+
+awaitable<AdminReply> ProxyServer::pause(std::optional<std::chrono::milliseconds> drain) {
+  auto r = co_await phases_->pause(drain.value_or(runtime()->cfg.flip.drainTimeout));
+  co_return AdminReply{r.status, std::move(r.json)};
+}
+
+void ProxyServer::cancelInFlight() {
+  for (auto& s : registry_.all()) s->cancelForFlip();
 }
 
 ProxyServer::~ProxyServer() = default;
@@ -225,15 +276,20 @@ void ProxyServer::reload() {
 std::string ProxyServer::statusJson() {
   auto rt = runtime();
   auto sessions = registry_.all();
+  auto barrier = phases_->status();
   std::ostringstream o;
-  o << "{\"version\":\"" << PGHANDOFF_VERSION << "\",\"phase\":\"source-only\""
+  o << "{\"version\":\"" << PGHANDOFF_VERSION << "\",\"phase\":\"" << phaseName(phases_->current())
+    << "\",\"paused\":" << (barrier.paused ? "true" : "false")
+    << ",\"flipping\":" << (barrier.flipping ? "true" : "false")
+    << ",\"in_flight_transactions\":" << barrier.inFlight
+    << ",\"last_flip\":" << barrier.lastFlipJson
     << ",\"accepting\":" << (accepting_ ? "true" : "false")
     << ",\"connections\":{\"clients\":" << metrics().clientConnections().value()
     << ",\"source\":" << metrics().serverConnections(labels::Side::kSource).value()
     << ",\"target\":" << metrics().serverConnections(labels::Side::kTarget).value() << "}"
     << ",\"source\":\"" << jsonEscape(config::describe(rt->source)) << "\""
     << ",\"mirror\":{\"state\":\"off\",\"lag_seconds\":null,\"queue_transactions\":0}"
-    << ",\"divergences\":0,\"last_flip\":null,\"sessions\":[";
+    << ",\"divergences\":0,\"sessions\":[";
   std::size_t shown = 0;
   for (auto& s : sessions) {
     if (shown == 1000) break;

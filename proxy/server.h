@@ -11,7 +11,9 @@
 #include <vector>
 
 #include "config/config.h"
+#include "proxy/admin.h"
 #include "proxy/asio.h"
+#include "proxy/phase.h"
 #include "proxy/runtime.h"
 
 namespace pghandoff::proxy {
@@ -37,6 +39,10 @@ class ProxyServer {
   void reload();
   void waitForSignals();
   [[nodiscard]] std::shared_ptr<const Runtime> runtime();
+  awaitable<AdminReply> setPhase(std::string name, std::optional<std::chrono::milliseconds> drain);
+  awaitable<AdminReply> pause(std::optional<std::chrono::milliseconds> drain);
+  // flip.on_timeout: cancel — ends the sessions still in a transaction.
+  void cancelInFlight();
 
   // Declaration order is destruction order reversed, and it matters: the
   // main context's pending accept holds a socket of a worker context, so the
@@ -46,6 +52,7 @@ class ProxyServer {
   std::vector<std::uint8_t> mockSecret_;
   std::mutex rtMu_;
   std::shared_ptr<const Runtime> rt_;
+  std::unique_ptr<PhaseController> phases_;
   Registry registry_;
 
   std::vector<std::unique_ptr<asio::io_context>> workerIo_;

@@ -14,6 +14,7 @@
 #include <stdexcept>
 #include <string>
 #include <thread>
+#include <vector>
 
 #include "proxy/metrics.h"
 
@@ -126,11 +127,12 @@ std::string bearer(const std::string& token = kToken) {
 
 class AdminTest : public ::testing::Test {
  protected:
-  void start(AdminOptions options = {.timeout = 5000ms}) {
-    AdminHooks hooks;
-    hooks.healthy = [this] { return healthy_.load(); };
-    hooks.statusJson = [] { return std::string(R"({"phase":"source-only","clients":3})"); };
-    hooks.phase = [] { return std::string("source-only"); };
+  void start(AdminOptions options = {.timeout = 5000ms}, AdminHooks hooks = {}) {
+    if (!hooks.healthy) hooks.healthy = [this] { return healthy_.load(); };
+    if (!hooks.statusJson) {
+      hooks.statusJson = [] { return std::string(R"({"phase":"source-only","clients":3})"); };
+    }
+    if (!hooks.phase) hooks.phase = [] { return std::string("source-only"); };
     server_ = std::make_unique<AdminServer>(io_, "127.0.0.1", 0, kToken, hooks, options);
     server_->start();
     thread_ = std::thread([this] { io_.run(); });
@@ -233,7 +235,7 @@ TEST_F(AdminTest, WrongMethodAndUnknownPath) {
   EXPECT_EQ(r.status, 401);
 }
 
-TEST_F(AdminTest, PostPhaseValidatesThenIsNotBuilt) {
+TEST_F(AdminTest, PostPhaseValidatesThenWithoutHooksIsNotBuilt) {
   start();
   auto r = exchange(post("/phase", "{", bearer()));
   EXPECT_EQ(r.status, 400);
@@ -256,8 +258,8 @@ TEST_F(AdminTest, PostPhaseValidatesThenIsNotBuilt) {
   r = exchange(post("/phase", R"({"phase":"mirror"})"));
   EXPECT_EQ(r.status, 401);  // auth before validation
 
-  const std::string notBuilt =
-      R"json({"error":"not built yet: phase changes arrive with dual-write (issue 3)"})json";
+  // Without control hooks (a build that cannot change phases): 501.
+  const std::string notBuilt = R"json({"error":"not built yet"})json";
   r = exchange(post("/phase", R"( {"phase": "mirror", "drain_timeout": "250ms"} )", bearer()));
   EXPECT_EQ(r.status, 501);
   EXPECT_EQ(r.body, notBuilt);
@@ -266,6 +268,58 @@ TEST_F(AdminTest, PostPhaseValidatesThenIsNotBuilt) {
   EXPECT_EQ(r.body, notBuilt);
   r = exchange(post("/resume", "", bearer()));
   EXPECT_EQ(r.status, 501);
+}
+
+TEST_F(AdminTest, ControlRequestsReachTheirHooksAfterValidation) {
+  std::vector<std::string> calls;  // only touched on the admin thread
+  AdminHooks hooks;
+  hooks.setPhase =
+      [&calls](std::string phase,
+               std::optional<std::chrono::milliseconds> d) -> boost::asio::awaitable<AdminReply> {
+    calls.push_back("phase " + phase + " " + (d ? std::to_string(d->count()) : "-"));
+    co_return AdminReply{409, R"({"error":"refused"})"};
+  };
+  hooks.pause =
+      [&calls](std::optional<std::chrono::milliseconds> d) -> boost::asio::awaitable<AdminReply> {
+    calls.push_back("pause " + (d ? std::to_string(d->count()) : std::string("-")));
+    co_return AdminReply{200, R"({"paused":true})"};
+  };
+  hooks.resume = [&calls] {
+    calls.push_back("resume");
+    return AdminReply{200, R"({"paused":false})"};
+  };
+  start({.timeout = 5000ms}, hooks);
+
+  auto r = exchange(post("/phase", R"({"phase":"mirror","drain_timeout":"250ms"})", bearer()));
+  EXPECT_EQ(r.status, 409);
+  EXPECT_EQ(r.body, R"({"error":"refused"})");
+  EXPECT_EQ(r.header("Content-Type"), "application/json");
+  r = exchange(post("/phase", R"({"phase":"target-only"})", bearer()));
+  EXPECT_EQ(r.status, 409);
+  r = exchange(post("/pause", "", bearer()));
+  EXPECT_EQ(r.status, 200);
+  EXPECT_EQ(r.body, R"({"paused":true})");
+  r = exchange(post("/pause", R"({"drain_timeout":"2s"})", bearer()));
+  EXPECT_EQ(r.status, 200);
+  r = exchange(post("/resume", "", bearer()));
+  EXPECT_EQ(r.status, 200);
+  EXPECT_EQ(r.body, R"({"paused":false})");
+
+  // Refused before any hook runs: bad bodies, unknown fields, bad durations, no token.
+  EXPECT_EQ(exchange(post("/pause", R"({"phase":"mirror"})", bearer())).status, 400);
+  EXPECT_EQ(exchange(post("/pause", R"({"drain_timeout":"0s"})", bearer())).status, 400);
+  EXPECT_EQ(exchange(post("/pause", "[", bearer())).status, 400);
+  EXPECT_EQ(exchange(post("/resume", R"({"x":"y"})", bearer())).status, 400);
+  EXPECT_EQ(
+      exchange(post("/phase", R"({"phase":"mirror","drain_timeout":"-1s"})", bearer())).status,
+      400);
+  EXPECT_EQ(exchange(post("/pause", "")).status, 401);
+  EXPECT_EQ(exchange(post("/resume", "")).status, 401);
+
+  server_->stop();
+  thread_.join();
+  EXPECT_EQ(calls, (std::vector<std::string>{"phase mirror 250", "phase target-only -", "pause -",
+                                             "pause 2000", "resume"}));
 }
 
 TEST_F(AdminTest, OversizedBodyAndHeader) {
