@@ -1,13 +1,8 @@
 // Statement classification over libpg_query's parse tree (see sql_classify.h).
 //
-// libpg_query offers the tree as JSON (pg_query_parse) or protobuf
-// (pg_query_parse_protobuf). The protobuf-c runtime is inside libpg_query.a, but
-// its header (<protobuf-c/protobuf-c.h>, Debian libprotobuf-c-dev) is not one of
-// our dependencies, so we read the JSON with a small flat parser: nodes are kept
-// in pre-order in one vector, so "every node under X" is a contiguous index
-// range and the tree walk is a loop, whatever the nesting depth (libpg_query
-// emits 40,000 levels for a long `1+1+...`). Misses are rare behind
-// ClassificationCache, so the JSON detour costs little.
+// The tree is read as JSON with the flat reader in sql_json.h (shared with
+// sql_determinism.cpp). Misses are rare behind ClassificationCache, so the JSON
+// detour costs little.
 #include "protocol/sql_classify.h"
 
 #include <pg_query.h>
@@ -20,6 +15,8 @@
 #include <string>
 #include <unordered_map>
 #include <utility>
+
+#include "protocol/sql_json.h"
 
 namespace pghandoff::protocol {
 
@@ -40,6 +37,14 @@ const char* toString(StatementKind k) {
 }
 
 namespace {
+
+using sqljson::equalsIgnoreCase;
+using sqljson::JsonDoc;
+using sqljson::JsonNode;
+using sqljson::JsonType;
+using sqljson::kNone;
+using sqljson::ParseResultGuard;
+using sqljson::trim;
 
 int rank(StatementKind k) {
   switch (k) {
@@ -505,256 +510,6 @@ bool contains(const std::string_view (&table)[N], std::string_view name) {
 }
 
 // ---------------------------------------------------------------------------
-// A flat JSON document. libpg_query's output is trusted to be JSON, but the
-// parser still checks every byte and fails cleanly on anything else.
-
-enum class JsonType : std::uint8_t { kNull, kBool, kNumber, kString, kArray, kObject };
-constexpr std::uint32_t kNone = UINT32_MAX;
-
-struct JsonNode {
-  JsonType type = JsonType::kNull;
-  bool boolean = false;
-  std::string_view key;   // member name when the parent is an object
-  std::string_view text;  // string (unescaped) or number text
-  std::uint32_t firstChild = kNone;
-  std::uint32_t next = kNone;  // next sibling
-  std::uint32_t end = 0;       // one past this subtree's last node (pre-order)
-};
-
-class JsonDoc {
- public:
-  // Parses `s` in place: escaped strings are rewritten shorter inside `s`.
-  [[nodiscard]] bool parse(char* s, std::size_t n);
-
-  [[nodiscard]] const JsonNode& at(std::uint32_t i) const { return nodes_[i]; }
-  [[nodiscard]] std::uint32_t member(std::uint32_t obj, std::string_view key) const {
-    if (obj == kNone || nodes_[obj].type != JsonType::kObject) return kNone;
-    for (std::uint32_t c = nodes_[obj].firstChild; c != kNone; c = nodes_[c].next) {
-      if (nodes_[c].key == key) return c;
-    }
-    return kNone;
-  }
-  [[nodiscard]] std::string_view stringMember(std::uint32_t obj, std::string_view key) const {
-    const std::uint32_t m = member(obj, key);
-    return m != kNone && nodes_[m].type == JsonType::kString ? nodes_[m].text : std::string_view{};
-  }
-  [[nodiscard]] bool boolMember(std::uint32_t obj, std::string_view key) const {
-    const std::uint32_t m = member(obj, key);
-    return m != kNone && nodes_[m].type == JsonType::kBool && nodes_[m].boolean;
-  }
-  [[nodiscard]] std::size_t childCount(std::uint32_t i) const {
-    std::size_t count = 0;
-    if (i == kNone) return 0;
-    for (std::uint32_t c = nodes_[i].firstChild; c != kNone; c = nodes_[c].next) ++count;
-    return count;
-  }
-  // {"String":{"sval":"x"}} -> x (libpg_query's String node, used in names).
-  [[nodiscard]] std::string_view stringNode(std::uint32_t i) const {
-    return stringMember(member(i, "String"), "sval");
-  }
-
- private:
-  static bool parseString(char* s, std::size_t n, std::size_t& p, std::string_view& out);
-  std::vector<JsonNode> nodes_;
-};
-
-int hexValue(char c) {
-  if (c >= '0' && c <= '9') return c - '0';
-  if (c >= 'a' && c <= 'f') return c - 'a' + 10;
-  if (c >= 'A' && c <= 'F') return c - 'A' + 10;
-  return -1;
-}
-
-bool readHex4(const char* s, std::size_t n, std::size_t p, std::uint32_t& out) {
-  if (p + 4 > n) return false;
-  out = 0;
-  for (std::size_t i = 0; i < 4; ++i) {
-    const int v = hexValue(s[p + i]);
-    if (v < 0) return false;
-    out = out * 16 + static_cast<std::uint32_t>(v);
-  }
-  return true;
-}
-
-// `p` is just past the opening quote; on success just past the closing one.
-// Output is never longer than input (an escape of 6 or 12 bytes yields at most
-// 3 or 4 bytes of UTF-8), so it is written over the input.
-bool JsonDoc::parseString(char* s, std::size_t n, std::size_t& p, std::string_view& out) {
-  const std::size_t start = p;
-  std::size_t w = p;
-  while (p < n) {
-    const char c = s[p++];
-    if (c == '"') {
-      out = std::string_view(s + start, w - start);
-      return true;
-    }
-    if (c != '\\') {
-      s[w++] = c;
-      continue;
-    }
-    if (p >= n) return false;
-    const char e = s[p++];
-    switch (e) {
-      case '"':
-      case '\\':
-      case '/':
-        s[w++] = e;
-        break;
-      case 'b':
-        s[w++] = '\b';
-        break;
-      case 'f':
-        s[w++] = '\f';
-        break;
-      case 'n':
-        s[w++] = '\n';
-        break;
-      case 'r':
-        s[w++] = '\r';
-        break;
-      case 't':
-        s[w++] = '\t';
-        break;
-      case 'u': {
-        std::uint32_t cp = 0;
-        if (!readHex4(s, n, p, cp)) return false;
-        p += 4;
-        if (cp >= 0xD800 && cp <= 0xDBFF) {
-          std::uint32_t low = 0;
-          if (p + 1 < n && s[p] == '\\' && s[p + 1] == 'u' && readHex4(s, n, p + 2, low) &&
-              low >= 0xDC00 && low <= 0xDFFF) {
-            p += 6;
-            cp = 0x10000 + ((cp - 0xD800) << 10) + (low - 0xDC00);
-          } else {
-            cp = 0xFFFD;  // lone surrogate: keep going, names are compared only
-          }
-        } else if (cp >= 0xDC00 && cp <= 0xDFFF) {
-          cp = 0xFFFD;
-        }
-        if (cp < 0x80) {
-          s[w++] = static_cast<char>(cp);
-        } else if (cp < 0x800) {
-          s[w++] = static_cast<char>(0xC0 | (cp >> 6));
-          s[w++] = static_cast<char>(0x80 | (cp & 0x3F));
-        } else if (cp < 0x10000) {
-          s[w++] = static_cast<char>(0xE0 | (cp >> 12));
-          s[w++] = static_cast<char>(0x80 | ((cp >> 6) & 0x3F));
-          s[w++] = static_cast<char>(0x80 | (cp & 0x3F));
-        } else {
-          s[w++] = static_cast<char>(0xF0 | (cp >> 18));
-          s[w++] = static_cast<char>(0x80 | ((cp >> 12) & 0x3F));
-          s[w++] = static_cast<char>(0x80 | ((cp >> 6) & 0x3F));
-          s[w++] = static_cast<char>(0x80 | (cp & 0x3F));
-        }
-        break;
-      }
-      default:
-        return false;
-    }
-  }
-  return false;
-}
-
-bool JsonDoc::parse(char* s, std::size_t n) {
-  struct Frame {
-    std::uint32_t node;
-    std::uint32_t last;  // last child so far
-  };
-  std::vector<Frame> stack;
-  nodes_.clear();
-  nodes_.reserve(n / 16 + 1);
-  std::size_t p = 0;
-  auto skipSpace = [&] {
-    while (p < n && (s[p] == ' ' || s[p] == '\n' || s[p] == '\r' || s[p] == '\t')) ++p;
-  };
-  auto literal = [&](std::string_view word) {
-    if (n - p < word.size() || std::string_view(s + p, word.size()) != word) return false;
-    p += word.size();
-    return true;
-  };
-
-  while (true) {
-    // One value, preceded by its key inside an object.
-    skipSpace();
-    std::string_view key;
-    if (!stack.empty() && nodes_[stack.back().node].type == JsonType::kObject) {
-      if (p >= n || s[p] != '"') return false;
-      ++p;
-      if (!parseString(s, n, p, key)) return false;
-      skipSpace();
-      if (p >= n || s[p] != ':') return false;
-      ++p;
-      skipSpace();
-    }
-    if (p >= n) return false;
-    if (nodes_.size() >= kNone - 1) return false;
-    const auto idx = static_cast<std::uint32_t>(nodes_.size());
-    nodes_.emplace_back();
-    nodes_[idx].key = key;
-    if (!stack.empty()) {
-      Frame& parent = stack.back();
-      if (parent.last == kNone) {
-        nodes_[parent.node].firstChild = idx;
-      } else {
-        nodes_[parent.last].next = idx;
-      }
-      parent.last = idx;
-    }
-    const char c = s[p];
-    bool opened = false;
-    if (c == '{' || c == '[') {
-      nodes_[idx].type = c == '{' ? JsonType::kObject : JsonType::kArray;
-      ++p;
-      skipSpace();
-      if (p < n && s[p] == (c == '{' ? '}' : ']')) {
-        ++p;  // empty container
-      } else {
-        stack.push_back({idx, kNone});
-        opened = true;
-      }
-    } else if (c == '"') {
-      ++p;
-      nodes_[idx].type = JsonType::kString;
-      if (!parseString(s, n, p, nodes_[idx].text)) return false;
-    } else if (c == 't' || c == 'f') {
-      nodes_[idx].type = JsonType::kBool;
-      nodes_[idx].boolean = c == 't';
-      if (!literal(c == 't' ? "true" : "false")) return false;
-    } else if (c == 'n') {
-      if (!literal("null")) return false;
-    } else if (c == '-' || (c >= '0' && c <= '9')) {
-      const std::size_t start = p;
-      while (p < n && (s[p] == '-' || s[p] == '+' || s[p] == '.' || s[p] == 'e' || s[p] == 'E' ||
-                       (s[p] >= '0' && s[p] <= '9'))) {
-        ++p;
-      }
-      nodes_[idx].type = JsonType::kNumber;
-      nodes_[idx].text = std::string_view(s + start, p - start);
-    } else {
-      return false;
-    }
-    if (opened) continue;
-    nodes_[idx].end = idx + 1;
-
-    // After a value: a comma (another value follows) or closing brackets.
-    while (true) {
-      skipSpace();
-      if (stack.empty()) return p == n;
-      if (p >= n) return false;
-      const bool inObject = nodes_[stack.back().node].type == JsonType::kObject;
-      if (s[p] == ',') {
-        ++p;
-        break;
-      }
-      if (s[p] != (inObject ? '}' : ']')) return false;
-      ++p;
-      nodes_[stack.back().node].end = static_cast<std::uint32_t>(nodes_.size());
-      stack.pop_back();
-    }
-  }
-}
-
-// ---------------------------------------------------------------------------
 // The parse tree walk.
 
 struct Facts {
@@ -766,23 +521,6 @@ struct Facts {
   bool selectInto = false;
   bool notify = false;  // pg_notify()
 };
-
-bool equalsIgnoreCase(std::string_view a, std::string_view b) {
-  return a.size() == b.size() && std::equal(a.begin(), a.end(), b.begin(), [](char x, char y) {
-           auto lower = [](char ch) { return ch >= 'A' && ch <= 'Z' ? char(ch - 'A' + 'a') : ch; };
-           return lower(x) == lower(y);
-         });
-}
-
-std::string_view trim(std::string_view s) {
-  while (!s.empty() && (s.front() == ' ' || s.front() == '\t' || s.front() == '\n')) {
-    s.remove_prefix(1);
-  }
-  while (!s.empty() && (s.back() == ' ' || s.back() == '\t' || s.back() == '\n')) {
-    s.remove_suffix(1);
-  }
-  return s;
-}
 
 class Classifier {
  public:
@@ -815,7 +553,7 @@ class Classifier {
     if (type == "VariableShowStmt") return StatementKind::kRead;
     if (type == "ExplainStmt") {
       // Without ANALYZE nothing runs: the plan of a DELETE deletes nothing.
-      if (!explainAnalyze(body)) return StatementKind::kRead;
+      if (!sqljson::explainAnalyze(doc_, body)) return StatementKind::kRead;
       return statement(doc_.member(body, "query"), out);
     }
     if (type == "CopyStmt") return copy(body, out);
@@ -971,26 +709,6 @@ class Classifier {
     }
   }
 
-  bool explainAnalyze(std::uint32_t body) const {
-    const std::uint32_t options = doc_.member(body, "options");
-    if (options == kNone) return false;
-    for (std::uint32_t o = doc_.at(options).firstChild; o != kNone; o = doc_.at(o).next) {
-      const std::uint32_t def = doc_.member(o, "DefElem");
-      if (doc_.stringMember(def, "defname") != "analyze") continue;
-      const std::uint32_t arg = doc_.member(def, "arg");
-      if (arg == kNone) return true;  // EXPLAIN ANALYZE, EXPLAIN (ANALYZE)
-      // defGetBoolean(): true/false/on/off in any case, or 0/1.
-      const std::string_view text = doc_.stringMember(doc_.member(arg, "String"), "sval");
-      if (equalsIgnoreCase(text, "false") || equalsIgnoreCase(text, "off")) return false;
-      const std::uint32_t integer = doc_.member(arg, "Integer");
-      if (integer != kNone && doc_.member(integer, "ival") == kNone) return false;  // 0
-      const std::uint32_t boolean = doc_.member(arg, "Boolean");
-      if (boolean != kNone && !doc_.boolMember(boolean, "boolval")) return false;
-      return true;  // anything else: assume it runs
-    }
-    return false;
-  }
-
   StatementKind copy(std::uint32_t body, Classification& out) const {
     if (doc_.boolMember(body, "is_from")) {
       out.copyFrom = true;
@@ -1024,11 +742,6 @@ class Classifier {
   }
 
   const JsonDoc& doc_;
-};
-
-struct ParseResultGuard {
-  PgQueryParseResult result;
-  ~ParseResultGuard() { pg_query_free_parse_result(result); }
 };
 
 Classification unknown(bool parseError) {

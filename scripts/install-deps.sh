@@ -8,6 +8,7 @@ PACKAGES=(
   # build
   g++ cmake ninja-build pkg-config
   libboost1.81-dev libssl-dev libpq-dev libspdlog-dev libyaml-cpp-dev libpg-query-dev
+  libprotobuf-c-dev  # header only: pg_query.pb-c.h needs it; the runtime is in libpg_query
   libgtest-dev libgmock-dev
   # fuzzing (clang's libFuzzer runtime)
   clang-14 libclang-rt-14-dev clang-format-14

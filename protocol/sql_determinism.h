@@ -1,0 +1,146 @@
+// Determinism analysis: which values a statement computes differently on two
+// servers (SPEC §2 "fixed once and applied identically"; DESIGN.md hard problem
+// 3), where they are in the text, and what the statement writes. A later step
+// pins each value once (on the authoritative side) and rewrites the statement
+// for both sides with substitute(). Pure: PostgreSQL's own parser and scanner
+// (libpg_query), no hand-written lexing.
+//
+// Rules (all tested in tests/unit/sql_determinism_test.cpp):
+// - Only expressions the statement evaluates now count, the same rule as
+//   sql_classify.h: SELECT/VALUES, INSERT/UPDATE/DELETE/MERGE (WHERE, SET, ON
+//   CONFLICT DO UPDATE, RETURNING, subqueries, writable CTEs), CREATE TABLE AS /
+//   SELECT INTO, EXPLAIN ANALYZE, COPY (query) TO, COPY FROM ... WHERE, DECLARE,
+//   EXECUTE/CALL arguments, ALTER TABLE ... ALTER COLUMN TYPE ... USING.
+//   Stored expressions (CREATE TABLE ... DEFAULT now(), views, function bodies,
+//   SET DEFAULT) are not calls: they are evaluated later, by other statements.
+// - Built-in functions count unqualified or qualified with pg_catalog; with any
+//   other schema the call is a user function (not reported). Extension
+//   functions (uuid-ossp's uuid_generate_v1/v1mc/v4, pgcrypto's gen_random_uuid,
+//   gen_random_bytes, gen_salt) count whatever their schema: extensions are
+//   installed into user schemas.
+// - A call nested inside another reported call (age(now())) is covered by the
+//   outer one and not reported: pinning the outer value pins both.
+// - 'now'/'today'/'tomorrow'/'yesterday' cast to a date/time type ('now'::date,
+//   date 'today', CAST('now' AS timestamptz)): the range covers the string
+//   literal only, and the cast stays in the text, so a pinned literal gets the
+//   same type, typmod and time zone rules as the original.
+// - What cannot be pinned from the text alone goes to `unsupported`, one
+//   human-readable reason each (deduplicated): a DO block; CALL (the procedure
+//   body); volatile calls in a PREPARE body (evaluated at each EXECUTE, so the
+//   caller must refuse or handle the PREPARE: EXECUTE itself is analysed for its
+//   arguments only); ALTER TABLE ADD COLUMN with a volatile default or
+//   serial/identity (fills existing rows AND stores the default);
+//   CREATE MATERIALIZED VIEW over a volatile query (unless WITH NO DATA); a
+//   volatile function used as a FROM item; aggregate/window syntax on one;
+//   TABLESAMPLE; a bare 'now'/'today' literal whose type only its context
+//   knows; random(min, max); per-server values such as txid_current() or
+//   pg_backend_pid(). Statements that only store expressions (CREATE TABLE ...
+//   DEFAULT now(), CREATE FUNCTION, CREATE VIEW) add nothing: they do not
+//   diverge themselves. Functions that are not built-in (user functions, whose
+//   volatility is in pg_proc) are Classification::hasUserFunction, not repeated
+//   here. Column defaults a write fills in (serial, identity, DEFAULT now()) are
+//   invisible in the text: `writes` tells the later step where to look.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace pghandoff::protocol {
+
+// One call whose value differs between two servers, located in the statement text.
+struct VolatileCall {
+  enum class Kind : std::uint8_t {
+    kTransactionTime,  // now(), transaction_timestamp(), CURRENT_TIMESTAMP[(p)], CURRENT_DATE,
+                       // CURRENT_TIME[(p)], LOCALTIMESTAMP[(p)], LOCALTIME[(p)], age(ts),
+                       // 'now'/'today'/'tomorrow'/'yesterday' cast to a date/time type
+    kStatementTime,    // statement_timestamp()
+    kClockTime,        // clock_timestamp(), timeofday()
+    kRandom,           // random(), random_normal(), gen_random_bytes(), gen_salt()
+    kUuid,             // gen_random_uuid(), uuid_generate_v1/v1mc/v4 (uuid-ossp)
+    kSequence,         // nextval(); currval()/lastval() too (their value is per server session)
+  };
+  Kind kind = Kind::kTransactionTime;
+  // Lower-case name as PostgreSQL resolves it: "now", "current_timestamp",
+  // "nextval", ...; for a literal, the literal's value in quotes: "'now'", "'today'".
+  std::string function;
+  // Byte range [begin, end) in the analysed text: the function name (schema
+  // included) through its closing parenthesis; the SQL keyword and its optional
+  // (precision); or the string literal of a 'now'-style cast.
+  std::size_t begin = 0;
+  std::size_t end = 0;
+  // The type to cast a pinned literal to: "timestamptz", "timestamp", "date",
+  // "timetz", "time", "text", "double precision", "uuid", "bigint", "interval",
+  // "bytea". For CURRENT_TIMESTAMP(p) and friends the precision is part of the
+  // type ("timestamptz(3)"), so the pinned value is rounded the way the server
+  // would round it. For a 'now'-style literal the cast's own type name.
+  std::string type;
+  // nextval/currval: the sequence argument's text exactly as written (e.g.
+  // "'public.t_id_seq'" or "'t_id_seq'::regclass"); otherwise none.
+  std::optional<std::string> argument;
+
+  bool operator==(const VolatileCall&) const = default;
+};
+
+[[nodiscard]] const char* toString(VolatileCall::Kind k);
+
+// What a statement writes, for the later step that adds values for column
+// defaults (serial, identity, DEFAULT now()), which are invisible in the text.
+struct WriteTarget {
+  enum class Op : std::uint8_t { kInsert, kUpdate, kDelete, kMerge, kCopyFrom };
+  Op op = Op::kInsert;
+  std::string schema;  // empty when unqualified
+  std::string table;
+  // INSERT's explicit column list (empty: all columns in table order); UPDATE's
+  // SET targets, in order; COPY FROM's column list.
+  std::vector<std::string> columns;
+  bool insertSelect = false;   // INSERT ... SELECT (any query source other than plain VALUES)
+  std::size_t valuesRows = 0;  // rows of a VALUES list; INSERT ... DEFAULT VALUES is 1 row
+  // DEFAULT appears in VALUES (or INSERT ... DEFAULT VALUES), UPDATE SET col =
+  // DEFAULT, ON CONFLICT DO UPDATE SET col = DEFAULT, or a MERGE action.
+  bool explicitDefault = false;
+  bool onConflictNothing = false;
+  bool onConflictUpdate = false;
+  bool returning = false;  // has its own RETURNING
+  // Byte offset just past this statement's last token (comments and the ';'
+  // excluded): where " RETURNING ..." can be appended when !returning. For a DML
+  // inside a WITH, the end of that inner statement (before the CTE's ')'); for
+  // COPY (INSERT ...) TO, before the ')'. 0 for COPY FROM (nothing to append).
+  std::size_t statementEnd = 0;
+  bool inCte = false;  // inside a WITH (writable CTE)
+
+  bool operator==(const WriteTarget&) const = default;
+};
+
+struct DeterminismAnalysis {
+  bool parsed = false;              // false: libpg_query rejected the text; nothing else is set
+  std::vector<VolatileCall> calls;  // in text order, ranges never overlap
+  std::vector<WriteTarget> writes;  // in text order (of the target table's name)
+  std::vector<std::string> unsupported;  // why the text alone cannot pin everything (see above)
+};
+
+// Never throws; any failure (allocation included) yields parsed == false.
+// An embedded NUL is a parse failure (a Query/Parse message carries a C string).
+[[nodiscard]] DeterminismAnalysis analyzeDeterminism(std::string_view sql);
+
+struct Replacement {
+  std::size_t begin = 0;
+  std::size_t end = 0;
+  std::string text;
+};
+
+// Applies non-overlapping replacements (in any order) to `sql`; nullopt if two
+// overlap, a range is out of bounds or reversed. Empty ranges are insertions;
+// two insertions at one offset are an overlap (their order would be ambiguous).
+[[nodiscard]] std::optional<std::string> substitute(std::string_view sql,
+                                                    std::vector<Replacement> replacements);
+
+// libpg_query's fingerprint (16 hex digits): equal for texts that differ only in
+// literal values, comments or whitespace. For logging divergences without
+// literal values. nullopt when the text does not parse.
+[[nodiscard]] std::optional<std::string> fingerprint(std::string_view sql);
+
+}  // namespace pghandoff::protocol
