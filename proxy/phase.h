@@ -25,6 +25,7 @@
 #include <vector>
 
 #include "config/config.h"
+#include "proxy/admin.h"
 #include "proxy/asio.h"
 #include "proxy/metrics.h"
 
@@ -81,10 +82,8 @@ class PhaseController {
   awaitable<void> waitForOpen(std::shared_ptr<asio::steady_timer> timer);
 
   // --- Operator (the admin API) ---------------------------------------------
-  struct Reply {
-    int status;        // HTTP status
-    std::string json;  // response body
-  };
+  // What the admin API answers (HTTP status and JSON body).
+  using Reply = AdminReply;
   // The barrier of SPEC §1. `cancelInFlight` ends the transactions still open
   // at the drain timeout when flip.on_timeout is cancel; it is called once.
   awaitable<Reply> flip(Phase to, std::chrono::milliseconds drainTimeout,

@@ -77,10 +77,7 @@ ProxyServer::ProxyServer(config::Config cfg, std::string configPath)
       return setPhase(std::move(name), drain);
     };
     hooks.pause = [this](std::optional<std::chrono::milliseconds> drain) { return pause(drain); };
-    hooks.resume = [this] {
-      auto r = phases_->resume();
-      return AdminReply{r.status, std::move(r.json)};
-    };
+    hooks.resume = [this] { return phases_->resume(); };
     admin_ = std::make_unique<AdminServer>(mainIo_, cfg.admin.listen->host, cfg.admin.listen->port,
                                            cfg.admin.token, std::move(hooks));
   }
@@ -104,14 +101,12 @@ awaitable<AdminReply> ProxyServer::setPhase(std::string name,
     co_return AdminReply{501, std::move(body)};
   }
   auto rt = runtime();
-  auto r = co_await phases_->flip(to, drain.value_or(rt->cfg.flip.drainTimeout),
-                                  rt->cfg.flip.onTimeout, [this] { cancelInFlight(); });
-  co_return AdminReply{r.status, std::move(r.json)};
+  co_return co_await phases_->flip(to, drain.value_or(rt->cfg.flip.drainTimeout),
+                                   rt->cfg.flip.onTimeout, [this] { cancelInFlight(); });
 }
 
 awaitable<AdminReply> ProxyServer::pause(std::optional<std::chrono::milliseconds> drain) {
-  auto r = co_await phases_->pause(drain.value_or(runtime()->cfg.flip.drainTimeout));
-  co_return AdminReply{r.status, std::move(r.json)};
+  return phases_->pause(drain.value_or(runtime()->cfg.flip.drainTimeout));
 }
 
 void ProxyServer::cancelInFlight() {
