@@ -821,24 +821,26 @@ void ClientSession::cancelForFlip() {
     if (!self->inTransaction_ || self->closing_ || self->forced_) return;
     spdlog::info("session {}: ending its open transaction for a phase change", self->id_);
     self->flipCancelled_ = true;
-    self->forceClose();
+    self->closeNow();  // in this same step: the transaction cannot end in between
   });
 }
 
 void ClientSession::forceClose() {
-  asio::post(ex_, [self = shared_from_this()] {
-    if (self->holdTimer_) self->holdTimer_->cancel();
-    self->forced_ = true;
-    self->shutdownRequested_ = true;
-    if (!self->server_) {
-      self->client_.close();
-      return;
-    }
-    error_code ignored;
-    self->server_->stream().socket().cancel(ignored);
-    // A client that does not read keeps serverToClient in a write: cut it.
-    if (self->clientWriting_) self->client_.close();
-  });
+  asio::post(ex_, [self = shared_from_this()] { self->closeNow(); });
+}
+
+void ClientSession::closeNow() {
+  if (holdTimer_) holdTimer_->cancel();
+  forced_ = true;
+  shutdownRequested_ = true;
+  if (!server_) {
+    client_.close();
+    return;
+  }
+  error_code ignored;
+  server_->stream().socket().cancel(ignored);
+  // A client that does not read keeps serverToClient in a write: cut it.
+  if (clientWriting_) client_.close();
 }
 
 // ---------------------------------------------------------------------------

@@ -75,6 +75,9 @@ class ClientSession : public std::enable_shared_from_this<ClientSession> {
   awaitable<void> clientToServer();
   awaitable<void> serverToClient();
   awaitable<void> closeServerGracefully(bool cancelFirst);
+  // forceClose's work, on the session's executor: serverToClient wakes, ends
+  // the server session (cancelling a running query) and tells the client.
+  void closeNow();
   // Takes the phase barrier before work starts at a transaction boundary;
   // waits while a flip or a pause holds new transactions. False when the
   // session is ending instead.
