@@ -16,6 +16,7 @@
 #include <variant>
 
 #include "protocol/buffer.h"
+#include "protocol/frame.h"
 #include "protocol/frontend.h"
 #include "protocol/scram.h"
 
@@ -28,11 +29,6 @@ using Clock = std::chrono::steady_clock;
 // Far above anything a test expects; a larger claimed length means the
 // stream is not what we think it is.
 constexpr std::uint32_t kMaxTestMessage = 64U << 20;
-
-std::uint32_t readBigEndian32(const std::uint8_t* p) {
-  return (std::uint32_t{p[0]} << 24) | (std::uint32_t{p[1]} << 16) | (std::uint32_t{p[2]} << 8) |
-         std::uint32_t{p[3]};
-}
 
 int connectFd(std::uint16_t port, const std::string& host, std::string& error) {
   const int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
@@ -181,29 +177,30 @@ ReadStatus RawClient::fill(Clock::time_point deadline) {
   }
 }
 
+std::optional<ReadResult> takeBackendMessage(std::vector<std::uint8_t>& buf) {
+  const auto h = protocol::parseBackendHeader(buf, kMaxTestMessage);
+  if (h.status == protocol::FrameStatus::kNeedMore ||
+      (h.status == protocol::FrameStatus::kOk && buf.size() < h.total())) {
+    return std::nullopt;
+  }
+  ReadResult res;
+  if (h.status != protocol::FrameStatus::kOk) {
+    res.status = ReadStatus::kMalformed;
+    return res;
+  }
+  res.status = ReadStatus::kOk;
+  res.message.type = h.type;
+  res.message.body.assign(buf.begin() + 5, buf.begin() + static_cast<long>(h.total()));
+  buf.erase(buf.begin(), buf.begin() + static_cast<long>(h.total()));
+  return res;
+}
+
 ReadResult RawClient::read(std::chrono::milliseconds timeout) {
   const auto deadline = Clock::now() + timeout;
-  ReadResult res;
   while (true) {
-    if (buf_.size() >= 5) {
-      const std::uint32_t len = readBigEndian32(buf_.data() + 1);
-      if (len < 4 || len > kMaxTestMessage) {
-        res.status = ReadStatus::kMalformed;
-        return res;
-      }
-      if (buf_.size() >= std::size_t{len} + 1) {
-        res.status = ReadStatus::kOk;
-        res.message.type = static_cast<char>(buf_[0]);
-        res.message.body.assign(buf_.begin() + 5, buf_.begin() + 1 + len);
-        buf_.erase(buf_.begin(), buf_.begin() + 1 + len);
-        return res;
-      }
-    }
+    if (auto r = takeBackendMessage(buf_)) return std::move(*r);
     const ReadStatus st = fill(deadline);
-    if (st != ReadStatus::kOk) {
-      res.status = st;
-      return res;
-    }
+    if (st != ReadStatus::kOk) return ReadResult{st, {}};
   }
 }
 

@@ -44,6 +44,12 @@ struct ReadResult {
 };
 
 // What came back before the peer closed (or the deadline passed).
+// Takes one whole backend message off the front of `buf`, framed by
+// protocol::parseBackendHeader: kOk with the message, kMalformed (bad type or
+// length), or nullopt when more bytes are needed. Shared by the plain and TLS
+// raw clients, which differ only in how bytes arrive.
+std::optional<ReadResult> takeBackendMessage(std::vector<std::uint8_t>& buf);
+
 struct CloseResult {
   bool closed = false;  // EOF or reset seen before the deadline
   std::vector<BackendMessage> messages;

@@ -25,7 +25,6 @@ namespace {
 using Clock = std::chrono::steady_clock;
 
 // Far above anything a test expects (as RawClient's limit).
-constexpr std::uint32_t kMaxTestMessage = 64U << 20;
 
 void setSocketTimeouts(int fd, std::chrono::milliseconds timeout) {
   // 0 would mean "no timeout" to the kernel: keep at least 1 ms.
@@ -181,25 +180,10 @@ ReadStatus TlsRawClient::fill(Clock::time_point deadline) {
 
 ReadResult TlsRawClient::read(std::chrono::milliseconds timeout) {
   const auto deadline = Clock::now() + timeout;
-  ReadResult res;
   while (true) {
-    const auto h = protocol::parseBackendHeader(buf_, kMaxTestMessage);
-    if (h.status == protocol::FrameStatus::kOk && buf_.size() >= h.total()) {
-      res.status = ReadStatus::kOk;
-      res.message.type = h.type;
-      res.message.body.assign(buf_.begin() + 5, buf_.begin() + static_cast<long>(h.total()));
-      buf_.erase(buf_.begin(), buf_.begin() + static_cast<long>(h.total()));
-      return res;
-    }
-    if (h.status != protocol::FrameStatus::kOk && h.status != protocol::FrameStatus::kNeedMore) {
-      res.status = ReadStatus::kMalformed;
-      return res;
-    }
+    if (auto r = takeBackendMessage(buf_)) return std::move(*r);
     const ReadStatus st = fill(deadline);
-    if (st != ReadStatus::kOk) {
-      res.status = st;
-      return res;
-    }
+    if (st != ReadStatus::kOk) return ReadResult{st, {}};
   }
 }
 
