@@ -2,9 +2,7 @@
 // on either side). One object so that the relay code has one path.
 #pragma once
 
-#include <cstddef>
 #include <memory>
-#include <tuple>
 
 #include "proxy/asio.h"
 
@@ -24,26 +22,13 @@ class Stream {
     if (tls_) return stream_.async_read_some(b, kUseAwaitable);
     return stream_.next_layer().async_read_some(b, kUseAwaitable);
   }
-  // Writes all of `b`. On a plain socket it first tries one non-blocking
-  // send, which is what nearly always happens on a relay (the kernel buffer
-  // has room): the coroutine then goes on without a round trip through the
-  // scheduler. Only a partial send or EAGAIN waits for writability.
-  awaitable<std::tuple<error_code, std::size_t>> writeAll(asio::const_buffer b) {
-    if (tls_) co_return co_await asio::async_write(stream_, b, kUseAwaitable);
-    auto& s = stream_.next_layer();
-    error_code ec;
-    if (!nonBlocking_) {
-      s.non_blocking(true, ec);
-      if (ec) co_return std::tuple{ec, std::size_t{0}};
-      nonBlocking_ = true;
-    }
-    std::size_t n = s.write_some(b, ec);
-    if (!ec && n == b.size()) co_return std::tuple{ec, n};
-    if (ec && ec != asio::error::would_block && ec != asio::error::try_again) {
-      co_return std::tuple{ec, n};
-    }
-    auto [wec, m] = co_await asio::async_write(s, b + n, kUseAwaitable);
-    co_return std::tuple{wec, n + m};
+  // Asio's write already tries the send at once and only waits on EAGAIN; a
+  // hand-made non-blocking send first was measured (bench/README.md) to save
+  // nothing.
+  template <typename Buffers>
+  auto writeAll(const Buffers& b) {
+    if (tls_) return asio::async_write(stream_, b, kUseAwaitable);
+    return asio::async_write(stream_.next_layer(), b, kUseAwaitable);
   }
 
   void close() {
@@ -56,7 +41,6 @@ class Stream {
  private:
   ssl::stream<tcp::socket> stream_;
   bool tls_ = false;
-  bool nonBlocking_ = false;  // user-level O_NONBLOCK set (sync ops return would_block)
 };
 
 }  // namespace pghandoff::proxy
