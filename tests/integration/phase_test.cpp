@@ -177,6 +177,20 @@ TEST_F(PhaseBarrier, SigtermWhileHeldEndsTheHeldSessionWith57P01) {
   EXPECT_EQ(proxy_->waitExit(10s), 0);
 }
 
+TEST_F(PhaseBarrier, TerminateWhilePausedIsNotHeld) {
+  // A client leaving while the proxy is paused starts no transaction: its
+  // Terminate goes through at once and the session ends.
+  RawClient c = loginOrThrow(proxy_->port());
+  ASSERT_EQ(proxy_->metric("pghandoff_client_connections"), 1.0);
+  ASSERT_EQ(proxy_->http("POST", "/pause").status, 200);
+  std::vector<std::uint8_t> x;
+  protocol::encodeTerminate(x);
+  ASSERT_TRUE(c.send(x));
+  EXPECT_TRUE(c.readUntilClose(2s).closed);
+  EXPECT_TRUE(waitFor([&] { return proxy_->metric("pghandoff_client_connections") == 0.0; }, 2s));
+  EXPECT_EQ(proxy_->http("POST", "/resume").status, 200);
+}
+
 TEST_F(PhaseBarrier, PhaseChangesRefusedOrNotBuiltChangeNothing) {
   auto r = proxy_->http("GET", "/phase");
   EXPECT_EQ(r.status, 200);
