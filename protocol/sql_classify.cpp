@@ -557,7 +557,11 @@ class Classifier {
       return statement(doc_.member(body, "query"), out);
     }
     if (type == "CopyStmt") return copy(body, out);
-    if (type == "TransactionStmt") return StatementKind::kTransaction;
+    if (type == "TransactionStmt") {
+      if (out.txControl == TxControl::kNone) out.txControl = txControl(body);
+      return StatementKind::kTransaction;
+    }
+    if (cannotRunInTransactionBlock(type, body)) out.noTransactionBlock = true;
     if (type == "VariableSetStmt" || type == "DiscardStmt" || type == "PrepareStmt" ||
         type == "DeallocateStmt") {
       return StatementKind::kSession;
@@ -599,6 +603,50 @@ class Classifier {
   }
 
  private:
+  TxControl txControl(std::uint32_t body) const {
+    const std::string_view k = doc_.stringMember(body, "kind");
+    if (k == "TRANS_STMT_BEGIN" || k == "TRANS_STMT_START") return TxControl::kBegin;
+    if (k == "TRANS_STMT_COMMIT") return TxControl::kCommit;
+    if (k == "TRANS_STMT_ROLLBACK") return TxControl::kRollback;
+    if (k == "TRANS_STMT_SAVEPOINT" || k == "TRANS_STMT_RELEASE" ||
+        k == "TRANS_STMT_ROLLBACK_TO") {
+      return TxControl::kSavepoint;
+    }
+    if (k == "TRANS_STMT_PREPARE") return TxControl::kPrepare;
+    if (k == "TRANS_STMT_COMMIT_PREPARED") return TxControl::kCommitPrepared;
+    if (k == "TRANS_STMT_ROLLBACK_PREPARED") return TxControl::kRollbackPrepared;
+    return TxControl::kSavepoint;  // unknown kind: not a commit, not a begin
+  }
+
+  // PreventInTransactionBlock() callers in PostgreSQL 15 (utility.c and
+  // friends) that a client sends as plain statements.
+  bool cannotRunInTransactionBlock(std::string_view type, std::uint32_t body) const {
+    // ANALYZE alone (VacuumStmt without is_vacuumcmd) may run in a block.
+    if (type == "VacuumStmt") return doc_.boolMember(body, "is_vacuumcmd");
+    if (type == "CreatedbStmt" || type == "DropdbStmt" ||
+        type == "AlterSystemStmt" || type == "CreateTableSpaceStmt" ||
+        type == "DropTableSpaceStmt" || type == "CreateSubscriptionStmt" ||
+        type == "DropSubscriptionStmt") {
+      return true;
+    }
+    if (type == "IndexStmt") return doc_.boolMember(body, "concurrent");
+    if (type == "ReindexStmt") {
+      // REINDEX (CONCURRENTLY) and REINDEX SYSTEM/DATABASE.
+      if (doc_.stringMember(body, "kind") == "REINDEX_OBJECT_SYSTEM" ||
+          doc_.stringMember(body, "kind") == "REINDEX_OBJECT_DATABASE") {
+        return true;
+      }
+      const std::uint32_t params = doc_.member(body, "params");
+      if (params == kNone) return false;
+      for (std::uint32_t o = doc_.at(params).firstChild; o != kNone; o = doc_.at(o).next) {
+        if (doc_.stringMember(doc_.member(o, "DefElem"), "defname") == "concurrently") return true;
+      }
+      return false;
+    }
+    if (type == "DropStmt") return doc_.boolMember(body, "concurrent");
+    return false;
+  }
+
   static void apply(const Facts& f, Classification& out) {
     out.hasSideEffectFunction = out.hasSideEffectFunction || f.sideEffect;
     out.hasNondeterministic = out.hasNondeterministic || f.nondeterministic;

@@ -58,6 +58,20 @@ namespace pghandoff::protocol {
 
 enum class StatementKind : std::uint8_t { kRead, kWrite, kTransaction, kSession, kUnknown };
 
+// Which transaction-control statement (TransactionStmt.kind): a mirror must
+// order COMMIT-like statements differently from the others (DESIGN hard
+// problem 4: the mirror commits first).
+enum class TxControl : std::uint8_t {
+  kNone,
+  kBegin,            // BEGIN, START TRANSACTION
+  kCommit,           // COMMIT, END (and COMMIT AND CHAIN)
+  kRollback,         // ROLLBACK, ABORT
+  kSavepoint,        // SAVEPOINT, RELEASE, ROLLBACK TO
+  kPrepare,          // PREPARE TRANSACTION
+  kCommitPrepared,   // COMMIT PREPARED
+  kRollbackPrepared  // ROLLBACK PREPARED
+};
+
 [[nodiscard]] const char* toString(StatementKind k);
 
 // The kind that wins when a string holds several statements:
@@ -78,6 +92,12 @@ struct Classification {
   bool copyFrom = false;
   bool copyTo = false;
   bool cursor = false;  // DECLARE/FETCH/MOVE/CLOSE: state on the server that ran DECLARE
+  // The first transaction-control statement of the string (kNone if none).
+  TxControl txControl = TxControl::kNone;
+  // A statement PostgreSQL refuses inside a transaction block (VACUUM, CREATE
+  // INDEX CONCURRENTLY, CREATE/DROP DATABASE, ALTER SYSTEM, ...): a proxy must
+  // not wrap it in BEGIN/COMMIT.
+  bool noTransactionBlock = false;
 
   bool operator==(const Classification&) const = default;
 };

@@ -467,5 +467,50 @@ TEST(SqlClassifyCache, HitIsCheaperThanMissReport) {
   EXPECT_EQ(cache.hits(), std::uint64_t{2} * kHits);
 }
 
+TEST(SqlClassifyTest, TransactionControlKinds) {
+  struct Row {
+    const char* sql;
+    TxControl tx;
+  };
+  for (const Row& r : std::initializer_list<Row>{
+           {"BEGIN", TxControl::kBegin},
+           {"start transaction isolation level serializable", TxControl::kBegin},
+           {"COMMIT", TxControl::kCommit},
+           {"end", TxControl::kCommit},
+           {"commit and chain", TxControl::kCommit},
+           {"ROLLBACK", TxControl::kRollback},
+           {"abort", TxControl::kRollback},
+           {"SAVEPOINT s", TxControl::kSavepoint},
+           {"RELEASE SAVEPOINT s", TxControl::kSavepoint},
+           {"ROLLBACK TO SAVEPOINT s", TxControl::kSavepoint},
+           {"PREPARE TRANSACTION 'x'", TxControl::kPrepare},
+           {"COMMIT PREPARED 'x'", TxControl::kCommitPrepared},
+           {"ROLLBACK PREPARED 'x'", TxControl::kRollbackPrepared},
+           {"SELECT 1", TxControl::kNone},
+           {"INSERT INTO t VALUES (1); COMMIT; BEGIN", TxControl::kCommit},
+       }) {
+    SCOPED_TRACE(r.sql);
+    Classification c = classify(r.sql);
+    EXPECT_EQ(c.txControl, r.tx);
+  }
+}
+
+TEST(SqlClassifyTest, StatementsRefusedInsideATransactionBlock) {
+  for (const char* sql :
+       {"VACUUM", "vacuum analyze t", "CREATE INDEX CONCURRENTLY i ON t (a)",
+        "DROP INDEX CONCURRENTLY i", "REINDEX TABLE CONCURRENTLY t", "REINDEX (CONCURRENTLY) INDEX i",
+        "REINDEX DATABASE d", "REINDEX SYSTEM d", "CREATE DATABASE d", "DROP DATABASE d",
+        "ALTER SYSTEM SET work_mem = '8MB'", "CREATE TABLESPACE s LOCATION '/x'",
+        "DROP TABLESPACE s", "SELECT 1; VACUUM t"}) {
+    SCOPED_TRACE(sql);
+    EXPECT_TRUE(classify(sql).noTransactionBlock);
+  }
+  for (const char* sql : {"CREATE INDEX i ON t (a)", "DROP INDEX i", "REINDEX TABLE t",
+                          "ANALYZE t", "INSERT INTO t VALUES (1)", "BEGIN", "SELECT 1"}) {
+    SCOPED_TRACE(sql);
+    EXPECT_FALSE(classify(sql).noTransactionBlock);
+  }
+}
+
 }  // namespace
 }  // namespace pghandoff::protocol
