@@ -137,4 +137,31 @@ std::optional<std::string_view> decodeCommandCompleteBody(Bytes body) {
   return tag;
 }
 
+void encodeCommandComplete(std::string_view tag, std::vector<std::uint8_t>& out) {
+  Writer w(out);
+  w.begin('C').cstring(tag);
+  w.end();
+}
+
+std::optional<std::vector<std::optional<std::string_view>>> decodeDataRowBody(Bytes body) {
+  Reader r(body);
+  const std::int16_t n = r.int16();
+  if (!r.ok() || n < 0) return std::nullopt;
+  std::vector<std::optional<std::string_view>> cols;
+  cols.reserve(static_cast<std::size_t>(n));
+  for (std::int16_t i = 0; i < n; ++i) {
+    const std::int32_t len = r.int32();
+    if (!r.ok() || len < -1) return std::nullopt;
+    if (len == -1) {
+      cols.emplace_back(std::nullopt);
+      continue;
+    }
+    Bytes b = r.bytes(static_cast<std::size_t>(len));
+    if (!r.ok()) return std::nullopt;
+    cols.emplace_back(std::string_view(reinterpret_cast<const char*>(b.data()), b.size()));
+  }
+  if (!r.atEnd()) return std::nullopt;
+  return cols;
+}
+
 }  // namespace pghandoff::protocol

@@ -65,5 +65,11 @@ void encodeNegotiateProtocolVersion(std::int32_t newestMinor,
 
 // CommandComplete's tag, e.g. "INSERT 0 1".
 [[nodiscard]] std::optional<std::string_view> decodeCommandCompleteBody(Bytes body);
+void encodeCommandComplete(std::string_view tag, std::vector<std::uint8_t>& out);
+
+// DataRow's columns (text format as the proxy's own queries use it); nullopt
+// for SQL NULL. The views point into `body`.
+[[nodiscard]] std::optional<std::vector<std::optional<std::string_view>>> decodeDataRowBody(
+    Bytes body);
 
 }  // namespace pghandoff::protocol
