@@ -33,6 +33,10 @@ inline constexpr const char* kInvalidCatalogName = "3D000";
 inline constexpr const char* kProgramLimitExceeded = "54000";
 inline constexpr const char* kInternalError = "XX000";
 inline constexpr const char* kCannotConnectNow = "57P03";
+// The mirror (non-authoritative server) failed and mirror.on_target_error is
+// fail-client: nothing was committed on either side.
+inline constexpr const char* kSystemError = "58000";
+inline constexpr const char* kInFailedTransaction = "25P02";
 }  // namespace sqlstate
 
 // type is 'E' (ErrorResponse) or 'N' (NoticeResponse).

@@ -608,8 +608,7 @@ class Classifier {
     if (k == "TRANS_STMT_BEGIN" || k == "TRANS_STMT_START") return TxControl::kBegin;
     if (k == "TRANS_STMT_COMMIT") return TxControl::kCommit;
     if (k == "TRANS_STMT_ROLLBACK") return TxControl::kRollback;
-    if (k == "TRANS_STMT_SAVEPOINT" || k == "TRANS_STMT_RELEASE" ||
-        k == "TRANS_STMT_ROLLBACK_TO") {
+    if (k == "TRANS_STMT_SAVEPOINT" || k == "TRANS_STMT_RELEASE" || k == "TRANS_STMT_ROLLBACK_TO") {
       return TxControl::kSavepoint;
     }
     if (k == "TRANS_STMT_PREPARE") return TxControl::kPrepare;
@@ -623,10 +622,9 @@ class Classifier {
   bool cannotRunInTransactionBlock(std::string_view type, std::uint32_t body) const {
     // ANALYZE alone (VacuumStmt without is_vacuumcmd) may run in a block.
     if (type == "VacuumStmt") return doc_.boolMember(body, "is_vacuumcmd");
-    if (type == "CreatedbStmt" || type == "DropdbStmt" ||
-        type == "AlterSystemStmt" || type == "CreateTableSpaceStmt" ||
-        type == "DropTableSpaceStmt" || type == "CreateSubscriptionStmt" ||
-        type == "DropSubscriptionStmt") {
+    if (type == "CreatedbStmt" || type == "DropdbStmt" || type == "AlterSystemStmt" ||
+        type == "CreateTableSpaceStmt" || type == "DropTableSpaceStmt" ||
+        type == "CreateSubscriptionStmt" || type == "DropSubscriptionStmt") {
       return true;
     }
     if (type == "IndexStmt") return doc_.boolMember(body, "concurrent");

@@ -76,9 +76,12 @@ awaitable<void> ClientSession::run() {
   co_await runInner();
   closing_ = true;
   client_.close();
-  if (server_) {
-    server_->stream().close();
-    metrics().serverConnections(Side::kSource).dec();
+  for (int i : {kSourceIdx, kTargetIdx}) {
+    if (up_[i].conn) {
+      up_[i].conn->stream().close();
+      up_[i].conn.reset();
+      metrics().serverConnections(sideLabel(i)).dec();
+    }
   }
   machine_.closed();
   publicState_.store(static_cast<int>(SessionState::kClosed), std::memory_order_release);
@@ -105,10 +108,22 @@ awaitable<void> ClientSession::runInner() {
   if (!ok) co_return;
 
   publicState_.store(static_cast<int>(SessionState::kIdle), std::memory_order_release);
-  // The relay: one coroutine per direction; whichever ends first closes the
-  // sockets so that the other ends too.
   using namespace asio::experimental::awaitable_operators;
-  co_await (clientToServer() && serverToClient());
+  while (true) {
+    if (mode_ == Mode::kStream) {
+      // One coroutine per direction; whichever ends first closes the
+      // sockets so that the other ends too.
+      co_await (clientToServer() && serverToClient());
+    } else {
+      // Request by request, to both servers in turn.
+      co_await lockstep();
+    }
+    if (!handover_) break;
+    // A transaction boundary asked for another mode or side: arrange the
+    // server sessions and go on with the request that is waiting.
+    handover_ = false;
+    if (!co_await arrangeSides()) break;
+  }
 }
 
 // ---------------------------------------------------------------------------
@@ -285,7 +300,11 @@ awaitable<bool> ClientSession::startupPhase() {
 
   machine_.startConnecting();
   publicState_.store(static_cast<int>(SessionState::kConnecting), std::memory_order_release);
-  co_return co_await connectSource();
+  // Log in where the current phase's answers come from; the other side, when
+  // a transaction needs it, is opened then (arrangeSides).
+  Phase now = phases_.current();
+  relay_ = targetAuthoritative(now) && rt_->target ? kTargetIdx : kSourceIdx;
+  co_return co_await connectSide(relay_, true, nullptr);
 }
 
 awaitable<void> ClientSession::handleCancel(protocol::Bytes packet) {
@@ -302,7 +321,8 @@ awaitable<void> ClientSession::handleCancel(protocol::Bytes packet) {
   }
   metrics().cancelRequestsTotal(labels::CancelResult::kForwarded).inc();
   spdlog::debug("session {}: forwarding cancel to session {}", id_, target->id_);
-  (void)co_await sendCancel(ex_, target->serverEndpoint(), target->serverKey());
+  // While mirroring, the statement may be running on either side.
+  for (const auto& t : target->cancelTargets()) (void)co_await sendCancel(ex_, t.endpoint, t.key);
 }
 
 // ---------------------------------------------------------------------------
@@ -454,24 +474,52 @@ awaitable<bool> ClientSession::authenticateMd5(const std::string& user, const Us
 }
 
 // ---------------------------------------------------------------------------
-// Login to the source
+// Login to the servers
 
-awaitable<bool> ClientSession::connectSource() {
-  server_.emplace(ex_, rt_->sourceTls);
-  auto timeout = rt_->source.connectTimeout.count() > 0 ? rt_->source.connectTimeout
-                                                        : std::chrono::milliseconds(10000);
-  LoginResult login = co_await server_->login(rt_->source, passOn_, timeout);
+awaitable<bool> ClientSession::connectSide(int idx, bool first, std::string* failure) {
+  const config::ConnInfo& info = idx == kTargetIdx ? *rt_->target : rt_->source;
+  Upstream& u = up_[idx];
+  u.conn.emplace(ex_, idx == kTargetIdx ? rt_->targetTls : rt_->sourceTls);
+  u.buf = RelayBuffer();
+  u.txStatus = 'I';
+  auto timeout =
+      info.connectTimeout.count() > 0 ? info.connectTimeout : std::chrono::milliseconds(10000);
+  LoginResult login = co_await u.conn->login(info, passOn_, timeout);
   if (!login.ok) {
-    spdlog::warn("session {}: login to the source failed: {} ({})", id_, login.error.message,
-                 login.error.code);
-    server_.reset();
+    spdlog::warn("session {}: login to the {} failed: {} ({})", id_, sideName(idx),
+                 login.error.message, login.error.code);
+    u.conn.reset();
+    if (!first) {
+      if (failure != nullptr) *failure = login.error.message;
+      co_return false;
+    }
     prepareError(login.error);
     co_await flushError();
     co_return false;
   }
-  metrics().serverConnections(Side::kSource).inc();
-  serverKey_ = login.key;
-  serverEndpoint_ = login.endpoint;
+  metrics().serverConnections(sideLabel(idx)).inc();
+  u.key = login.key;
+  u.endpoint = login.endpoint;
+  u.txStatus = login.txStatus;
+  publishCancelTargets();
+  if (!first) {
+    // The client saw the first side's ParameterStatus and key; this side's
+    // are the proxy's business. Its session state comes from the side
+    // already open.
+    int other = idx == kTargetIdx ? kSourceIdx : kTargetIdx;
+    std::string why;
+    bool copied = !up_[other].conn;
+    if (!copied) copied = co_await copySessionState(other, idx, why);
+    if (!copied) {
+      spdlog::warn("session {}: could not copy the session state to the {}: {}", id_, sideName(idx),
+                   why);
+      closeSide(idx);
+      if (failure != nullptr) *failure = "could not copy the session state: " + why;
+      co_return false;
+    }
+    spdlog::debug("session {}: opened the {} side", id_, sideName(idx));
+    co_return true;
+  }
   // The client gets its own secret cancel key: the server's never leaves the
   // proxy, so a cancel always goes through the registry to the right session.
   proxyKey_ = registry_.newCancelKey(shared_from_this(), login.key.pid);
@@ -479,9 +527,91 @@ awaitable<bool> ClientSession::connectSource() {
   protocol::encodeBackendKey(*proxyKey_, out);
   protocol::encodeReadyForQuery(login.txStatus, out);
   machine_.ready(login.txStatus);
-  spdlog::debug("session {}: ready (user \"{}\", application \"{}\")", id_,
+  spdlog::debug("session {}: ready on the {} (user \"{}\", application \"{}\")", id_, sideName(idx),
                 sanitizeForLog(user_, 63), applicationName_);
   co_return co_await writeClient(out);
+}
+
+void ClientSession::closeSide(int idx) {
+  Upstream& u = up_[idx];
+  if (!u.conn) return;
+  if (!u.writing) {
+    // Best effort, like libpq's PQfinish: a Terminate if the socket takes it now.
+    std::vector<std::uint8_t> out;
+    protocol::encodeTerminate(out);
+    error_code ignored;
+    u.conn->stream().socket().non_blocking(true, ignored);
+    if (!u.conn->stream().isTls()) {
+      u.conn->stream().socket().send(asio::buffer(out), 0, ignored);
+    }
+  }
+  u.conn->stream().close();
+  u.conn.reset();
+  metrics().serverConnections(sideLabel(idx)).dec();
+  publishCancelTargets();
+}
+
+void ClientSession::publishCancelTargets() {
+  std::vector<CancelTarget> t;
+  for (const Upstream& u : up_) {
+    if (u.conn) t.push_back({u.endpoint, u.key});
+  }
+  std::lock_guard lock(cancelMu_);
+  cancelTargets_ = std::move(t);
+}
+
+std::vector<ClientSession::CancelTarget> ClientSession::cancelTargets() const {
+  std::lock_guard lock(cancelMu_);
+  return cancelTargets_;
+}
+
+awaitable<bool> ClientSession::arrangeSides() {
+  Phase p = txPhase_;
+  if (targetAuthoritative(p) || writesBoth(p)) {
+    if (!rt_->target) {
+      // setPhase refuses such phases without target.url; a phase file from
+      // another configuration could still say so.
+      closing_ = true;
+      prepareFatal(sqlstate::kInternalError,
+                   "phase " + std::string(phaseName(p)) + " needs target.url, which is not set");
+      co_await flushError();
+      co_return false;
+    }
+  }
+  int auth = targetAuthoritative(p) ? kTargetIdx : kSourceIdx;
+  if (writesBoth(p)) {
+    mode_ = Mode::kLockstep;
+    // The authoritative side must be there; the mirror may fail to open,
+    // which mirror.on_target_error handles per request.
+    if (!up_[auth].conn) {
+      std::string why;
+      if (!co_await connectSide(auth, false, &why)) {
+        closing_ = true;
+        prepareFatal(sqlstate::kConnectionFailure,
+                     std::string("pghandoff could not connect to the ") + sideName(auth) +
+                         " server: " + why);
+        co_await flushError();
+        co_return false;
+      }
+    }
+    co_return true;
+  }
+  mode_ = Mode::kStream;
+  relay_ = auth;
+  if (!up_[auth].conn) {
+    std::string why;
+    if (!co_await connectSide(auth, false, &why)) {
+      closing_ = true;
+      prepareFatal(
+          sqlstate::kConnectionFailure,
+          std::string("pghandoff could not connect to the ") + sideName(auth) + " server: " + why);
+      co_await flushError();
+      co_return false;
+    }
+  }
+  // The side no longer used is ended: its session state would go stale.
+  closeSide(auth == kSourceIdx ? kTargetIdx : kSourceIdx);
+  co_return true;
 }
 
 // ---------------------------------------------------------------------------
@@ -501,7 +631,7 @@ void ClientSession::onReadyForMetrics() {
   // More than 64 pipelined requests: the extra ones are not timed.
   if (sentCount_ <= sent_.size()) {
     metrics()
-        .queryDurationSeconds(Side::kSource)
+        .queryDurationSeconds(sideLabel(relay_))
         .observe(std::chrono::steady_clock::now() - sent_[sentHead_]);
   }
   sentHead_ = (sentHead_ + 1) % sent_.size();
@@ -526,9 +656,9 @@ void ClientSession::trackStatement(char type, protocol::Bytes body, bool whole) 
   switch (type) {
     case 'Q':
       if (auto sql = protocol::decodeQueryBody(body)) {
-        metrics().queriesTotal(Side::kSource, queryKind(classify(*sql))).inc();
+        metrics().queriesTotal(sideLabel(relay_), queryKind(classify(*sql))).inc();
       } else {
-        metrics().queriesTotal(Side::kSource, labels::QueryKind::kWrite).inc();
+        metrics().queriesTotal(sideLabel(relay_), labels::QueryKind::kWrite).inc();
       }
       break;
     case 'P':
@@ -546,7 +676,7 @@ void ClientSession::trackStatement(char type, protocol::Bytes body, bool whole) 
       break;
     case 'E':
       if (auto portal = protocol::decodeExecutePortal(body)) {
-        metrics().queriesTotal(Side::kSource, queryKind(statements_.onExecute(*portal))).inc();
+        metrics().queriesTotal(sideLabel(relay_), queryKind(statements_.onExecute(*portal))).inc();
       }
       break;
     case 'C':
@@ -559,8 +689,24 @@ void ClientSession::trackStatement(char type, protocol::Bytes body, bool whole) 
 
 awaitable<void> ClientSession::clientToServer() {
   const auto maxLen = static_cast<std::uint32_t>(rt_->cfg.limits.maxMessageBytes);
-  Stream& server = server_->stream();
+  Upstream& up = up_[relay_];
+  Stream& server = up.conn->stream();
   while (true) {
+    // Work that starts at a transaction boundary takes the phase barrier
+    // before anything of it is forwarded (a lone Terminate does not: it ends
+    // the session). The phase may need another mode or side: hand over.
+    if (!inTransaction_ && !cbuf_.midMessage()) {
+      auto h = protocol::parseFrontendHeader(cbuf_.unscanned(), maxLen);
+      if (h.status == protocol::FrameStatus::kOk && h.type != 'X') {
+        if (!co_await beginTransaction()) co_return;
+        if (!modeFits(txPhase_)) {
+          handover_ = true;
+          error_code ignored;
+          up.conn->stream().socket().cancel(ignored);  // serverToClient returns
+          co_return;
+        }
+      }
+    }
     bool terminate = false;
     auto res = cbuf_.scan(
         [maxLen](protocol::Bytes b) { return protocol::parseFrontendHeader(b, maxLen); },
@@ -591,24 +737,19 @@ awaitable<void> ClientSession::clientToServer() {
       pendingFatal_ = protocol::ErrorFields{"FATAL", sqlstate::kProtocolViolation, msg, "", ""};
       // Forward what was whole before the bad frame, then end the session.
       if (cbuf_.hasReady()) {
-        serverWriting_ = true;
+        up.writing = true;
         co_await server.writeAll(cbuf_.ready());
-        serverWriting_ = false;
+        up.writing = false;
         cbuf_.consumeReady();
       }
       co_await closeServerGracefully(machine_.serverBusy());
       co_return;
     }
-    // Work that starts at a transaction boundary takes the phase barrier
-    // first (a lone Terminate does not: it ends the session).
-    if (cbuf_.hasReady() && !inTransaction_ && !(terminate && cbuf_.ready().size() == 5)) {
-      if (!co_await beginTransaction()) co_return;
-    }
     if (cbuf_.hasReady()) {
       auto bytes = cbuf_.ready().size();
-      serverWriting_ = true;
+      up.writing = true;
       auto [ec, n] = co_await server.writeAll(cbuf_.ready());
-      serverWriting_ = false;
+      up.writing = false;
       if (ec) {
         // The server is gone; serverToClient tells the client.
         co_return;
@@ -674,67 +815,78 @@ void ClientSession::endTransaction() {
 
 awaitable<void> ClientSession::closeServerGracefully(bool cancelFirst) {
   closing_ = true;
-  if (!server_) co_return;
-  if (cancelFirst) {
-    spdlog::debug("session {}: cancelling the running query on the source", id_);
-    (void)co_await sendCancel(ex_, serverEndpoint_, serverKey_);
+  for (int i : {kSourceIdx, kTargetIdx}) {
+    Upstream& u = up_[i];
+    if (!u.conn) continue;
+    if (cancelFirst) {
+      spdlog::debug("session {}: cancelling the running query on the {}", id_, sideName(i));
+      (void)co_await sendCancel(ex_, u.endpoint, u.key);
+    }
+    if (!u.conn) continue;
+    // Mid-message (a streamed frame only partly forwarded) the Terminate
+    // would land inside it.
+    bool midMessage = mode_ == Mode::kStream && i == relay_ && cbuf_.midMessage();
+    if (!u.writing && !midMessage) {
+      std::vector<std::uint8_t> out;
+      protocol::encodeTerminate(out);
+      u.writing = true;
+      co_await u.conn->stream().writeAll(asio::buffer(out));
+      u.writing = false;
+    }
+    if (u.conn) u.conn->stream().close();
   }
-  if (!serverWriting_ && !cbuf_.midMessage()) {
-    std::vector<std::uint8_t> out;
-    protocol::encodeTerminate(out);
-    serverWriting_ = true;
-    co_await server_->stream().writeAll(asio::buffer(out));
-    serverWriting_ = false;
-  }
-  server_->stream().close();
 }
 
 awaitable<void> ClientSession::serverToClient() {
   const auto maxLen = static_cast<std::uint32_t>(rt_->cfg.limits.maxMessageBytes);
-  Stream& server = server_->stream();
+  Upstream& up = up_[relay_];
+  RelayBuffer& sbuf = up.buf;
+  Stream& server = up.conn->stream();
   while (true) {
     bool outOfSync = false;
     auto res =
-        sbuf_.scan([maxLen](protocol::Bytes b) { return protocol::parseBackendHeader(b, maxLen); },
-                   [](char t) { return SessionMachine::serverBodyNeeded(t); },
-                   [this, &outOfSync](const protocol::FrameHeader& h, protocol::Bytes body, bool) {
-                     if (machine_.onServerFrame(h.type, body) == ServerVerdict::kOutOfSync) {
-                       outOfSync = true;
-                       return false;
-                     }
-                     if (h.type == 'Z') {
-                       onReadyForMetrics();
-                       if (machine_.atTransactionBoundary()) endTransaction();
-                     }
-                     if (h.type == 'E') {
-                       if (auto e = protocol::decodeErrorBody(body)) {
-                         metrics().clientErrorsTotal(sqlStateLabel(e->code)).inc();
-                         if (e->severity == "FATAL" || e->severity == "PANIC")
-                           serverSentFatal_ = true;
-                       }
-                     }
-                     return true;
-                   });
+        sbuf.scan([maxLen](protocol::Bytes b) { return protocol::parseBackendHeader(b, maxLen); },
+                  [](char t) { return SessionMachine::serverBodyNeeded(t); },
+                  [this, &outOfSync](const protocol::FrameHeader& h, protocol::Bytes body, bool) {
+                    if (machine_.onServerFrame(h.type, body) == ServerVerdict::kOutOfSync) {
+                      outOfSync = true;
+                      return false;
+                    }
+                    if (h.type == 'Z') {
+                      onReadyForMetrics();
+                      if (machine_.atTransactionBoundary()) endTransaction();
+                    }
+                    if (h.type == 'E') {
+                      if (auto e = protocol::decodeErrorBody(body)) {
+                        metrics().clientErrorsTotal(sqlStateLabel(e->code)).inc();
+                        if (e->severity == "FATAL" || e->severity == "PANIC")
+                          serverSentFatal_ = true;
+                      }
+                    }
+                    return true;
+                  });
     publish();
     if (res.status == RelayBuffer::ScanStatus::kError || outOfSync) {
       // B50: the server's stream cannot be trusted; forward nothing more.
-      spdlog::error("session {}: lost synchronization with the source ({})", id_,
+      spdlog::error("session {}: lost synchronization with the {} ({})", id_, sideName(relay_),
                     outOfSync ? "unexpected ReadyForQuery" : protocol::toString(res.header.status));
       metrics().internalBugsTotal().inc();
       co_await closeServerGracefully(false);
-      if (!sbuf_.midMessage()) {
-        protocol::ErrorFields e{"FATAL", sqlstate::kProtocolViolation,
-                                "pghandoff lost synchronization with the source server", "", ""};
+      if (!sbuf.midMessage()) {
+        protocol::ErrorFields e{
+            "FATAL", sqlstate::kProtocolViolation,
+            std::string("pghandoff lost synchronization with the ") + sideName(relay_) + " server",
+            "", ""};
         prepareError(e);
         co_await flushError();
       }
       client_.close();
       co_return;
     }
-    if (sbuf_.hasReady()) {
-      auto bytes = sbuf_.ready().size();
+    if (sbuf.hasReady()) {
+      auto bytes = sbuf.ready().size();
       clientWriting_ = true;
-      auto [ec, n] = co_await client_.writeAll(sbuf_.ready());
+      auto [ec, n] = co_await client_.writeAll(sbuf.ready());
       clientWriting_ = false;
       if (ec) {
         if (!closing_) {
@@ -745,14 +897,14 @@ awaitable<void> ClientSession::serverToClient() {
         co_return;
       }
       metrics().bytesTotal(labels::Direction::kServerToClient).inc(bytes);
-      sbuf_.consumeReady();
+      sbuf.consumeReady();
     }
     if ((shutdownRequested_ && machine_.atTransactionBoundary() && !cbuf_.midMessage()) ||
         forced_) {
       // Graceful shutdown at a transaction boundary (or forced at the
       // timeout): the client hears why, the server session ends cleanly.
       co_await closeServerGracefully(forced_ && machine_.serverBusy());
-      if (!sbuf_.midMessage()) {
+      if (!sbuf.midMessage()) {
         protocol::ErrorFields e{
             "FATAL", sqlstate::kAdminShutdown,
             flipCancelled_ ? "terminating connection: its transaction was still open when a phase "
@@ -765,14 +917,16 @@ awaitable<void> ClientSession::serverToClient() {
       client_.close();
       co_return;
     }
-    auto [ec, n] = co_await server.readSome(sbuf_.freeSpace());
+    if (handover_ && !forced_) co_return;  // clientToServer changes mode at a boundary
+    auto [ec, n] = co_await server.readSome(sbuf.freeSpace());
     if (ec) {
       if (ec == asio::error::operation_aborted && (shutdownRequested_ || forced_) && !closing_) {
         continue;  // woken up to look at the shutdown flags
       }
+      if (ec == asio::error::operation_aborted && handover_ && !forced_ && !closing_) co_return;
       if (!closing_ || pendingFatal_) {
         closing_ = true;
-        if (!sbuf_.midMessage()) {
+        if (!sbuf.midMessage()) {
           if (pendingFatal_) {
             prepareError(*pendingFatal_);
             co_await flushError();
@@ -780,9 +934,12 @@ awaitable<void> ClientSession::serverToClient() {
             // The server said why it ended the session (e.g. 57P01 at its
             // shutdown); that was relayed and is the client's last word.
           } else {
-            spdlog::warn("session {}: the source closed the connection: {}", id_, ec.message());
-            protocol::ErrorFields e{"FATAL", sqlstate::kConnectionFailure,
-                                    "pghandoff lost the connection to the source server", "", ""};
+            spdlog::warn("session {}: the {} closed the connection: {}", id_, sideName(relay_),
+                         ec.message());
+            protocol::ErrorFields e{
+                "FATAL", sqlstate::kConnectionFailure,
+                std::string("pghandoff lost the connection to the ") + sideName(relay_) + " server",
+                "", ""};
             prepareError(e);
             co_await flushError();
           }
@@ -791,7 +948,7 @@ awaitable<void> ClientSession::serverToClient() {
       client_.close();
       co_return;
     }
-    sbuf_.commit(n);
+    sbuf.commit(n);
   }
 }
 
@@ -808,10 +965,16 @@ void ClientSession::requestShutdown() {
       self->client_.close();
       return;
     }
+    error_code ignored;
+    if (self->mode_ == Mode::kLockstep) {
+      // The lockstep relay waits for the client at a boundary: wake it.
+      if (self->lockstepIdle_) self->client_.socket().cancel(ignored);
+      return;
+    }
     // Wake the relay if it is waiting on an idle server.
-    if (self->server_ && self->machine_.atTransactionBoundary() && !self->serverWriting_) {
-      error_code ignored;
-      self->server_->stream().socket().cancel(ignored);
+    Upstream& up = self->up_[self->relay_];
+    if (up.conn && self->machine_.atTransactionBoundary() && !up.writing) {
+      up.conn->stream().socket().cancel(ignored);
     }
   });
 }
@@ -833,12 +996,15 @@ void ClientSession::closeNow() {
   if (holdTimer_) holdTimer_->cancel();
   forced_ = true;
   shutdownRequested_ = true;
-  if (!server_) {
+  if (!up_[kSourceIdx].conn && !up_[kTargetIdx].conn) {
     client_.close();
     return;
   }
   error_code ignored;
-  server_->stream().socket().cancel(ignored);
+  for (Upstream& u : up_) {
+    if (u.conn) u.conn->stream().socket().cancel(ignored);
+  }
+  if (mode_ == Mode::kLockstep && lockstepIdle_) client_.socket().cancel(ignored);
   // A client that does not read keeps serverToClient in a write: cut it.
   if (clientWriting_) client_.close();
 }

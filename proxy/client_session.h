@@ -7,6 +7,7 @@
 #include <array>
 #include <chrono>
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <string>
 #include <vector>
@@ -15,6 +16,7 @@
 #include "protocol/error.h"
 #include "protocol/startup.h"
 #include "proxy/asio.h"
+#include "proxy/metrics.h"
 #include "proxy/phase.h"
 #include "proxy/relay_buffer.h"
 #include "proxy/runtime.h"
@@ -55,10 +57,13 @@ class ClientSession : public std::enable_shared_from_this<ClientSession> {
   };
   [[nodiscard]] Info info() const;
 
-  // For CancelRequests from other connections; set before the session is
-  // findable by its key, never changed after.
-  [[nodiscard]] tcp::endpoint serverEndpoint() const { return serverEndpoint_; }
-  [[nodiscard]] protocol::BackendKeyData serverKey() const { return serverKey_; }
+  // For CancelRequests from other connections: where this session's server
+  // sessions are (one, or two while mirroring). Called on any thread.
+  struct CancelTarget {
+    tcp::endpoint endpoint;
+    protocol::BackendKeyData key;
+  };
+  [[nodiscard]] std::vector<CancelTarget> cancelTargets() const;
 
  private:
   enum class Startup : std::uint8_t { kContinue, kDone, kClose };
@@ -71,10 +76,89 @@ class ClientSession : public std::enable_shared_from_this<ClientSession> {
   awaitable<bool> authenticateScram(const std::string& user, const UserSecret* secret);
   awaitable<bool> authenticateMd5(const std::string& user, const UserSecret* secret);
   awaitable<std::optional<std::vector<std::uint8_t>>> readAuthMessage();
-  awaitable<bool> connectSource();
+  // One server session per side: up_[kSourceIdx] and up_[kTargetIdx].
+  static constexpr int kSourceIdx = 0;
+  static constexpr int kTargetIdx = 1;
+  struct Upstream {
+    std::optional<ServerConnection> conn;
+    RelayBuffer buf;  // server -> proxy
+    protocol::BackendKeyData key{};
+    tcp::endpoint endpoint;
+    char txStatus = 'I';   // as its last ReadyForQuery said (lockstep)
+    bool writing = false;  // a write to it is in progress
+  };
+  [[nodiscard]] static labels::Side sideLabel(int idx) {
+    return idx == kTargetIdx ? labels::Side::kTarget : labels::Side::kSource;
+  }
+  [[nodiscard]] static const char* sideName(int idx) {
+    return idx == kTargetIdx ? "target" : "source";
+  }
+  // Logs in to one side. The first side of a session answers the client
+  // (ParameterStatus, BackendKeyData, ReadyForQuery); a later one gets the
+  // session state of the side already open (SET, prepared statements).
+  // False with the reason in `failure` (for a later side) or the client told
+  // (for the first).
+  awaitable<bool> connectSide(int idx, bool first, std::string* failure);
+  void closeSide(int idx);  // Terminate, close, count
+  void publishCancelTargets();
+  awaitable<bool> copySessionState(int from, int to, std::string& failure);
+
   awaitable<void> clientToServer();
   awaitable<void> serverToClient();
   awaitable<void> closeServerGracefully(bool cancelFirst);
+  // At a transaction boundary, after the barrier: the relay mode and the
+  // server sessions the phase needs (connect what is missing, end what is
+  // no longer used). False when the session must end (the client was told).
+  awaitable<bool> arrangeSides();
+  [[nodiscard]] bool modeFits(Phase p) const {
+    return writesBoth(p) ? mode_ == Mode::kLockstep
+                         : mode_ == Mode::kStream && relay_ == (targetAuthoritative(p) ? 1 : 0);
+  }
+
+  // ---- the lockstep relay of the phases that write to both servers
+  // (proxy/mirror_relay.cpp)
+  awaitable<void> lockstep();
+  struct Outcome {
+    // Per statement: the CommandComplete tag, "EMPTY" for EmptyQueryResponse,
+    // "ERROR <sqlstate>" for an ErrorResponse.
+    std::vector<std::string> results;
+    std::optional<protocol::ErrorFields> error;                 // the first ErrorResponse
+    std::vector<std::vector<std::optional<std::string>>> rows;  // Sink::kCollect only
+    char txStatus = 'I';
+  };
+  enum class Sink : std::uint8_t {
+    kStream,   // to the client as it arrives
+    kHold,     // to held_, released when the mirror has answered
+    kDiscard,  // the proxy's own statements and the mirror's answers
+    kCollect,  // the proxy's own queries: keep the rows
+  };
+  // Reads one side's answer up to its ReadyForQuery (not forwarded: the
+  // caller answers the client's ReadyForQuery itself). False when the side
+  // is lost (closed, reset, out of sync).
+  awaitable<bool> pump(int idx, Sink sink, Outcome& out);
+  awaitable<bool> sendTo(int idx, protocol::Bytes bytes);
+  awaitable<bool> exchange(int idx, protocol::Bytes bytes, Sink sink, Outcome& out);
+  // Runs one of the proxy's own statements on a side; false when the side is
+  // lost or the statement failed.
+  awaitable<bool> runOwn(int idx, std::string_view sql, Outcome& out);
+  awaitable<bool> mirrorQuery(protocol::Bytes frame);
+  awaitable<bool> mirrorCommit(protocol::Bytes frame, int a, int m);
+  struct FailBoth {
+    int a, m;
+    bool wrap, wrapMirror;
+    char clientTx, aTx;
+  };
+  awaitable<bool> failBoth(FailBoth f, std::string why);
+  // The mirror failed (lost, or an error the authoritative side did not
+  // have): mirror.on_target_error decides.
+  void mirrorFailed(int m, labels::MirrorErrorReason reason, const std::string& what);
+  void reportDivergence(labels::DivergenceKind kind, std::string_view sql, const Outcome& a,
+                        const Outcome& m);
+  // The client's answer to one request: held_ then ReadyForQuery(status).
+  awaitable<bool> finishUnit(char status);
+  void holdError(const protocol::ErrorFields& e);
+  awaitable<void> lockstepLost(int idx);
+
   // forceClose's work, on the session's executor: serverToClient wakes, ends
   // the server session (cancelling a running query) and tells the client.
   void closeNow();
@@ -106,9 +190,12 @@ class ClientSession : public std::enable_shared_from_this<ClientSession> {
   bool admitted_;
   asio::any_io_executor ex_;
   Stream client_;
-  std::optional<ServerConnection> server_;
-  RelayBuffer cbuf_;  // client -> server
-  RelayBuffer sbuf_;  // server -> client
+  Upstream up_[2];
+  enum class Mode : std::uint8_t { kStream, kLockstep };
+  Mode mode_ = Mode::kStream;
+  int relay_ = kSourceIdx;  // the side the streaming relay serves
+  bool handover_ = false;   // the streaming relay stops for a change of mode or side
+  RelayBuffer cbuf_;        // client -> server
   SessionMachine machine_;
   StatementTracker statements_;
   protocol::Classification scratch_;  // reused: a cache hit allocates nothing
@@ -119,12 +206,11 @@ class ClientSession : public std::enable_shared_from_this<ClientSession> {
   std::string clientAddress_;
   std::vector<std::pair<std::string, std::string>> passOn_;  // startup parameters for the server
   std::optional<protocol::BackendKeyData> proxyKey_;
-  protocol::BackendKeyData serverKey_{};
-  tcp::endpoint serverEndpoint_;
+  mutable std::mutex cancelMu_;
+  std::vector<CancelTarget> cancelTargets_;  // under cancelMu_
 
   // Relay coordination (all on the session's executor).
   bool closing_ = false;  // the session is ending; no more errors to the client
-  bool serverWriting_ = false;
   bool clientWriting_ = false;
   bool shutdownRequested_ = false;
   bool forced_ = false;
@@ -138,6 +224,18 @@ class ClientSession : public std::enable_shared_from_this<ClientSession> {
   Phase txPhase_ = Phase::kSourceOnly;
   std::shared_ptr<asio::steady_timer> holdTimer_;  // waiting for the gate to open
   std::vector<std::uint8_t> errorOut_;
+  // Lockstep: the authoritative answer held until the mirror has answered;
+  // offset of the last frame when it is a completion (CommandComplete,
+  // EmptyQueryResponse, ErrorResponse) that must stay held.
+  std::vector<std::uint8_t> held_;
+  std::size_t heldCompletion_ = static_cast<std::size_t>(-1);
+  bool lockstepIdle_ = false;  // waiting for the client at a boundary
+  bool clientGone_ = false;    // a write to the client failed: drain, then end
+  std::array<std::chrono::steady_clock::time_point, 2> sentAt_{};  // per side
+  // fail-client after the mirror failed inside a transaction block: the
+  // client was told its transaction failed; until it ends it, the proxy
+  // answers as PostgreSQL does in an aborted transaction.
+  bool poisoned_ = false;
   std::optional<protocol::ErrorFields> pendingFatal_;  // sent by serverToClient as its last word
 
   // Query timing: send times of requests awaiting ReadyForQuery.

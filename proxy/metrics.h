@@ -55,7 +55,8 @@ namespace pghandoff::proxy {
   V(k08P01, "08P01") V(k08006, "08006") V(k08001, "08001") V(k57P01, "57P01")                  \
   V(k53300, "53300") V(k28P01, "28P01") V(k28000, "28000") V(k0A000, "0A000")                  \
   V(k3D000, "3D000") V(k54000, "54000") V(kXX000, "XX000") V(k57P03, "57P03")                  \
-  V(k40001, "40001") V(k57014, "57014") V(kOther, "other")
+  V(k40001, "40001") V(k57014, "57014") V(k58000, "58000") V(k25P02, "25P02")             \
+  V(kOther, "other")
 #define PGHANDOFF_REJECT_REASON_VALUES(V)                                              \
   V(kTooMany, "too_many") V(kAuthFailed, "auth_failed") V(kProtocol, "protocol") \
   V(kTls, "tls") V(kStartupTimeout, "startup_timeout")

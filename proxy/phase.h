@@ -33,6 +33,19 @@ namespace pghandoff::proxy {
 
 using Phase = labels::Phase;
 
+// SPEC §1's table. Phases that write to both servers run sessions in
+// lockstep (proxy/mirror_relay.cpp); the others relay to one server.
+[[nodiscard]] constexpr bool writesBoth(Phase p) {
+  return p == Phase::kMirror || p == Phase::kMirrorReadTarget || p == Phase::kReverseMirror;
+}
+// Whose answer the client gets (and where transactions commit last).
+[[nodiscard]] constexpr bool targetAuthoritative(Phase p) {
+  return p == Phase::kReverseMirror || p == Phase::kTargetOnly;
+}
+[[nodiscard]] constexpr bool readsFromTarget(Phase p) {
+  return p == Phase::kMirrorReadTarget || p == Phase::kReverseMirror || p == Phase::kTargetOnly;
+}
+
 // SPEC §1. Forward: one step at a time; reverse-mirror may be skipped, and
 // source-only may go straight to mirror (the operator seeded the target by
 // other means; `pghandoff seed` walks through seeding). Back: any number of

@@ -20,6 +20,12 @@ std::shared_ptr<const Runtime> buildRuntime(const config::Config& cfg,
     rt->clientTls = makeServerTls(cfg.clientTls.cert, cfg.clientTls.key);
   }
   rt->sourceTls = makeUpstreamTls(rt->source);
+  if (!cfg.targetUrl.empty()) {
+    auto t = config::parseConnInfo(cfg.targetUrl);
+    if (!t.info) throw std::runtime_error("target.url: " + t.error);
+    rt->target = *t.info;
+    rt->targetTls = makeUpstreamTls(*rt->target);
+  }
   rt->plain = makePlainContext();
   for (std::size_t i = 0; i < cfg.auth.users.size(); ++i) {
     const auto& u = cfg.auth.users[i];

@@ -32,6 +32,8 @@ struct Runtime {
   config::ConnInfo source;
   std::optional<ServerTls> clientTls;  // absent when client_tls.mode is disable
   std::shared_ptr<ssl::context> sourceTls;
+  std::optional<config::ConnInfo> target;  // absent when target.url is not set
+  std::shared_ptr<ssl::context> targetTls;
   std::shared_ptr<ssl::context> plain;
   std::map<std::string, UserSecret, std::less<>> users;
   std::vector<std::uint8_t> mockSecret;  // per process: mock SCRAM salts for unknown users
@@ -51,6 +53,12 @@ class Registry {
   explicit Registry(PhaseController& phases) : phases_(phases) {}
   // The migration phase and its barrier, shared by every session.
   PhaseController& phases() { return phases_; }
+
+  // `mirror.on_target_error: degrade` gave up on the target: writes go to the
+  // authoritative side only until a re-seed (SPEC §2). Sticky for the life
+  // of the process.
+  [[nodiscard]] bool mirrorBroken() const { return mirrorBroken_.load(std::memory_order_acquire); }
+  void markMirrorBroken() { mirrorBroken_.store(true, std::memory_order_release); }
 
   // Statement classification shared by every session (cached by text).
   protocol::ClassificationCache& classifier() { return classifier_; }
@@ -80,6 +88,7 @@ class Registry {
     return (std::uint64_t(std::uint32_t(k.pid)) << 32) | std::uint32_t(k.key);
   }
   PhaseController& phases_;
+  std::atomic<bool> mirrorBroken_{false};
   protocol::ClassificationCache classifier_;
   std::atomic<std::uint32_t> clients_{0};
   std::mutex mu_;

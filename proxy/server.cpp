@@ -29,10 +29,10 @@ tcp::endpoint resolveListen(asio::io_context& io, const config::Endpoint& ep) {
   }
   return results.begin()->endpoint();
 }
-// The phases this build can serve. The others arrive with dual-write
-// (issue 3) and the seed (issue 4); asking for them answers 501.
+// The phases this build can serve. `seeding` arrives with the seed (issue
+// 4); asking for it answers 501.
 bool phaseServed(Phase p) {
-  return p == Phase::kSourceOnly;
+  return p != Phase::kSeeding;
 }
 
 std::unique_ptr<PhaseController> makePhaseController(const config::Config& cfg) {
@@ -42,6 +42,11 @@ std::unique_ptr<PhaseController> makePhaseController(const config::Config& cfg) 
     throw std::runtime_error(store.file().string() + " says the migration is in phase " +
                              std::string(phaseName(saved)) +
                              ", which this build of pghandoff cannot serve yet");
+  }
+  if (saved != Phase::kSourceOnly && cfg.targetUrl.empty()) {
+    throw std::runtime_error(store.file().string() + " says the migration is in phase " +
+                             std::string(phaseName(saved)) +
+                             ", which needs the target, but target.url is not set");
   }
   return std::make_unique<PhaseController>(std::move(store), saved);
 }
@@ -96,11 +101,18 @@ awaitable<AdminReply> ProxyServer::setPhase(std::string name,
   // A refused step says why (409) even where the phase is not built yet.
   if (!refuseTransition(from, to) && !phaseServed(to)) {
     std::string body = "{\"error\":\"not built yet: phase " + name +
-                       " needs dual-write to the target (issue 3)\",\"phase\":\"" +
+                       " is entered by pghandoff seed (issue 4)\",\"phase\":\"" +
                        std::string(phaseName(from)) + "\"}";
     co_return AdminReply{501, std::move(body)};
   }
   auto rt = runtime();
+  if (!refuseTransition(from, to) && to != Phase::kSourceOnly && !rt->target) {
+    std::string body =
+        "{\"error\":\"phase " + name +
+        " needs the target: target.url is not set in the configuration\",\"phase\":\"" +
+        std::string(phaseName(from)) + "\"}";
+    co_return AdminReply{409, std::move(body)};
+  }
   co_return co_await phases_->flip(to, drain.value_or(rt->cfg.flip.drainTimeout),
                                    rt->cfg.flip.onTimeout, [this] { cancelInFlight(); });
 }

@@ -201,9 +201,13 @@ TEST_F(PhaseBarrier, PhaseChangesRefusedOrNotBuiltChangeNothing) {
   EXPECT_EQ(r.body, R"({"error":"source-only -> target-only skips a step; the next phase )"
                     R"(forward is mirror","phase":"source-only"})");
   r = proxy_->http("POST", "/phase", R"({"phase":"mirror"})");
+  EXPECT_EQ(r.status, 409);
+  EXPECT_EQ(r.body, R"x({"error":"phase mirror needs the target: target.url is not set in the )x"
+                    R"x(configuration","phase":"source-only"})x");
+  r = proxy_->http("POST", "/phase", R"({"phase":"seeding"})");
   EXPECT_EQ(r.status, 501);
-  EXPECT_EQ(r.body, R"x({"error":"not built yet: phase mirror needs dual-write to the target )x"
-                    R"x((issue 3)","phase":"source-only"})x");
+  EXPECT_EQ(r.body, R"x({"error":"not built yet: phase seeding is entered by pghandoff seed )x"
+                    R"x((issue 4)","phase":"source-only"})x");
   r = proxy_->http("POST", "/phase", R"({"phase":"source-only"})");
   EXPECT_EQ(r.status, 200);
   EXPECT_EQ(r.body, R"({"phase":"source-only","previous":"source-only","pause_ms":0})");
@@ -224,7 +228,7 @@ TEST_F(PhaseBarrier, PhaseChangesRefusedOrNotBuiltChangeNothing) {
   auto refused = run({PGHANDOFF_BINARY, "phase", "set", "target-only", "--admin", admin}, env, 10s);
   EXPECT_EQ(refused.exitCode, 1) << refused.err;
   EXPECT_NE(refused.out.find("skips a step"), std::string::npos) << refused.out;
-  auto notBuilt = run({PGHANDOFF_BINARY, "phase", "set", "mirror", "--admin", admin}, env, 10s);
+  auto notBuilt = run({PGHANDOFF_BINARY, "phase", "set", "seeding", "--admin", admin}, env, 10s);
   EXPECT_EQ(notBuilt.exitCode, 2) << notBuilt.err;
 }
 
@@ -232,13 +236,20 @@ TEST_F(PhaseBarrier, SavedPhaseIsRestoredAndNeverGuessed) {
   // A phase this build cannot serve yet: refuse to start, naming the file.
   const std::string file = proxy_->stateDir() + "/phase";
   proxy_->stop();
-  std::ofstream(file) << "mirror\n";
+  std::ofstream(file) << "seeding\n";
   try {
     proxy_->restart();
     FAIL() << "the proxy started in a phase it cannot serve";
   } catch (const std::runtime_error&) {
   }
-  EXPECT_NE(proxy_->log().find(file + " says the migration is in phase mirror"), std::string::npos)
+  EXPECT_NE(proxy_->log().find(file + " says the migration is in phase seeding"), std::string::npos)
+      << proxy_->log();
+  // A phase that needs the target, with no target.url configured.
+  std::ofstream(file, std::ios::trunc) << "mirror\n";
+  EXPECT_THROW(proxy_->restart(), std::runtime_error);
+  EXPECT_NE(proxy_->log().find(file + " says the migration is in phase mirror, which needs the "
+                                      "target, but target.url is not set"),
+            std::string::npos)
       << proxy_->log();
   // A corrupt file: refuse, naming the file.
   std::ofstream(file, std::ios::trunc) << "mirr0r\n";

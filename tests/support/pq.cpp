@@ -68,13 +68,29 @@ std::string PqConn::error() const {
 }
 
 PqResult PqConn::exec(const std::string& sql) {
+  return run(sql, nullptr);
+}
+
+PqResult PqConn::execParams(const std::string& sql, const std::vector<std::string>& params) {
+  return run(sql, &params);
+}
+
+PqResult PqConn::run(const std::string& sql, const std::vector<std::string>* params) {
   PqResult out;
   if (!state_) {
     out.status = "NO_CONNECTION";
     out.error = "moved-from connection";
     return out;
   }
-  PGresult* res = PQexec(state_->conn, sql.c_str());
+  PGresult* res = nullptr;
+  if (params == nullptr) {
+    res = PQexec(state_->conn, sql.c_str());
+  } else {
+    std::vector<const char*> values;
+    for (const auto& p : *params) values.push_back(p.c_str());
+    res = PQexecParams(state_->conn, sql.c_str(), static_cast<int>(values.size()), nullptr,
+                       values.data(), nullptr, nullptr, 0);
+  }
   if (res == nullptr) {
     out.status = "NO_RESULT";
     out.error = error();

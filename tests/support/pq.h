@@ -46,6 +46,9 @@ class PqConn {
   // PQexec: with several statements the result is the last one's (or the
   // first error's). A broken connection gives ok=false with the error.
   PqResult exec(const std::string& sql);
+  // PQexecParams (the extended query protocol: Parse/Bind/Describe/Execute/
+  // Sync), text parameters.
+  PqResult execParams(const std::string& sql, const std::vector<std::string>& params);
   // exec() that throws std::runtime_error (message and SQLSTATE) unless ok.
   PqResult execOrThrow(const std::string& sql);
   // NOTICE/WARNING messages received so far (primary text), instead of stderr.
@@ -54,6 +57,7 @@ class PqConn {
   [[nodiscard]] pg_conn* raw() const;
 
  private:
+  PqResult run(const std::string& sql, const std::vector<std::string>* params);
   struct State;
   std::unique_ptr<State> state_;
 };

@@ -231,7 +231,7 @@ TEST_F(MetricsTest, ClientErrorsListEveryAllowedCode) {
   EXPECT_NE(b.find("pghandoff_client_errors_total{sqlstate=\"53300\"} 1\n"), std::string::npos);
   EXPECT_NE(b.find("pghandoff_client_errors_total{sqlstate=\"other\"} 2\n"), std::string::npos);
   EXPECT_NE(b.find("pghandoff_client_errors_total{sqlstate=\"08P01\"} 0\n"), std::string::npos);
-  EXPECT_EQ(std::count(b.begin(), b.end(), '\n'), 2 + 15);
+  EXPECT_EQ(std::count(b.begin(), b.end(), '\n'), 2 + 17);
 }
 
 TEST_F(MetricsTest, EveryCombinationIsPresentAndEveryLineIsWellFormed) {

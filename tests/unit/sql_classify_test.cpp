@@ -498,15 +498,15 @@ TEST(SqlClassifyTest, TransactionControlKinds) {
 TEST(SqlClassifyTest, StatementsRefusedInsideATransactionBlock) {
   for (const char* sql :
        {"VACUUM", "vacuum analyze t", "CREATE INDEX CONCURRENTLY i ON t (a)",
-        "DROP INDEX CONCURRENTLY i", "REINDEX TABLE CONCURRENTLY t", "REINDEX (CONCURRENTLY) INDEX i",
-        "REINDEX DATABASE d", "REINDEX SYSTEM d", "CREATE DATABASE d", "DROP DATABASE d",
-        "ALTER SYSTEM SET work_mem = '8MB'", "CREATE TABLESPACE s LOCATION '/x'",
-        "DROP TABLESPACE s", "SELECT 1; VACUUM t"}) {
+        "DROP INDEX CONCURRENTLY i", "REINDEX TABLE CONCURRENTLY t",
+        "REINDEX (CONCURRENTLY) INDEX i", "REINDEX DATABASE d", "REINDEX SYSTEM d",
+        "CREATE DATABASE d", "DROP DATABASE d", "ALTER SYSTEM SET work_mem = '8MB'",
+        "CREATE TABLESPACE s LOCATION '/x'", "DROP TABLESPACE s", "SELECT 1; VACUUM t"}) {
     SCOPED_TRACE(sql);
     EXPECT_TRUE(classify(sql).noTransactionBlock);
   }
-  for (const char* sql : {"CREATE INDEX i ON t (a)", "DROP INDEX i", "REINDEX TABLE t",
-                          "ANALYZE t", "INSERT INTO t VALUES (1)", "BEGIN", "SELECT 1"}) {
+  for (const char* sql : {"CREATE INDEX i ON t (a)", "DROP INDEX i", "REINDEX TABLE t", "ANALYZE t",
+                          "INSERT INTO t VALUES (1)", "BEGIN", "SELECT 1"}) {
     SCOPED_TRACE(sql);
     EXPECT_FALSE(classify(sql).noTransactionBlock);
   }

@@ -1,0 +1,327 @@
+// Dual-write through the real proxy (SPEC §1, §2; issue 3 step 2): two real
+// servers that start identical, the phases that write to both, and after
+// every scenario the two compared row by row. Simple query protocol only
+// (the extended protocol in these phases is step 3 and answers 0A000).
+
+#include <atomic>
+#include <chrono>
+#include <iostream>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <gtest/gtest.h>
+
+#include "tests/support/pg_cluster.h"
+#include "tests/support/pq.h"
+#include "tests/support/process.h"
+#include "tests/support/proxy_process.h"
+
+namespace pghandoff::test {
+namespace {
+
+using namespace std::chrono_literals;
+
+constexpr const char* kSchema =
+    "DROP TABLE IF EXISTS items, accounts, source_only_table, marker;"
+    "CREATE TABLE items (id int PRIMARY KEY, v text);"
+    "CREATE TABLE accounts (id int PRIMARY KEY, balance bigint NOT NULL);"
+    "INSERT INTO accounts SELECT g, 1000 FROM generate_series(1, 10) g;"
+    "CREATE TABLE marker (side text)";
+
+class Mirror : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    source_ = std::make_unique<PgCluster>();
+    target_ = std::make_unique<PgCluster>();
+  }
+  static void TearDownTestSuite() {
+    source_.reset();
+    target_.reset();
+  }
+
+  void SetUp() override {
+    for (PgCluster* c : {source_.get(), target_.get()}) c->psql(kSchema);
+    // One table that differs on purpose: which server answered a read.
+    source_->psql("INSERT INTO marker VALUES ('source')");
+    target_->psql("INSERT INTO marker VALUES ('target')");
+  }
+  void TearDown() override {
+    if (HasFailure() && proxy_) {
+      std::string log = proxy_->log();
+      if (log.size() > 6000) log = log.substr(log.size() - 6000);
+      std::cerr << "---- proxy log (tail) ----\n" << log << "\n";
+    }
+    proxy_.reset();
+  }
+
+  void startProxy(const std::string& extraYaml = "") {
+    ProxyOptions o;
+    o.sourceUrl = source_->url();
+    o.targetUrl = target_->url();
+    o.extraYaml = extraYaml;
+    proxy_ = std::make_unique<ProxyProcess>(o);
+  }
+  void flip(const std::string& phase) {
+    auto r = proxy_->http("POST", "/phase", R"({"phase":")" + phase + R"("})");
+    ASSERT_EQ(r.status, 200) << r.body;
+  }
+  // Both servers, the same query: equal answers.
+  static void expectSame(const std::string& sql) {
+    EXPECT_EQ(source_->psql(sql), target_->psql(sql)) << sql;
+  }
+  double metric(const std::string& m) {
+    double v = proxy_->metric(m);
+    return v != v ? 0.0 : v;  // absent = 0
+  }
+
+  static std::unique_ptr<PgCluster> source_, target_;
+  std::unique_ptr<ProxyProcess> proxy_;
+};
+
+std::unique_ptr<PgCluster> Mirror::source_;
+std::unique_ptr<PgCluster> Mirror::target_;
+
+TEST_F(Mirror, WritesInEveryFormReachBothServersAndReadsFollowThePhase) {
+  startProxy();
+  PqConn c(proxy_->url());
+  ASSERT_TRUE(c.ok()) << c.error();
+  EXPECT_EQ(c.execOrThrow("SELECT side FROM marker").value(), "source");
+  flip("mirror");
+
+  // Autocommit statements, a committed and a rolled-back block, a
+  // multi-statement query, a statement that fails on both.
+  EXPECT_EQ(c.execOrThrow("INSERT INTO items VALUES (1, 'a'), (2, 'b')").commandTag, "INSERT 0 2");
+  EXPECT_EQ(c.execOrThrow("UPDATE items SET v = 'B' WHERE id = 2").commandTag, "UPDATE 1");
+  c.execOrThrow("BEGIN");
+  c.execOrThrow("INSERT INTO items VALUES (3, 'c')");
+  EXPECT_EQ(c.execOrThrow("SELECT count(*) FROM items").value(), "3");  // its own write
+  EXPECT_EQ(c.execOrThrow("COMMIT").commandTag, "COMMIT");
+  c.execOrThrow("BEGIN");
+  c.execOrThrow("INSERT INTO items VALUES (4, 'd')");
+  EXPECT_EQ(c.execOrThrow("ROLLBACK").commandTag, "ROLLBACK");
+  EXPECT_EQ(
+      c.execOrThrow("INSERT INTO items VALUES (5, 'e'); DELETE FROM items WHERE id = 1").commandTag,
+      "DELETE 1");
+  auto dup = c.exec("INSERT INTO items VALUES (2, 'dup')");
+  EXPECT_EQ(dup.sqlstate, "23505");
+  // A failed statement inside a block, then ROLLBACK TO SAVEPOINT.
+  c.execOrThrow("BEGIN");
+  c.execOrThrow("SAVEPOINT s");
+  EXPECT_EQ(c.exec("INSERT INTO items VALUES (3, 'again')").sqlstate, "23505");
+  EXPECT_EQ(c.exec("SELECT 1").sqlstate, "25P02");
+  c.execOrThrow("ROLLBACK TO SAVEPOINT s");
+  c.execOrThrow("INSERT INTO items VALUES (6, 'f')");
+  c.execOrThrow("COMMIT");
+  // COMMIT of a failed block is a ROLLBACK on both.
+  c.execOrThrow("BEGIN");
+  c.execOrThrow("INSERT INTO items VALUES (7, 'g')");
+  EXPECT_EQ(c.exec("INSERT INTO items VALUES (1 / 0, 'x')").sqlstate, "22012");
+  EXPECT_EQ(c.execOrThrow("COMMIT").commandTag, "ROLLBACK");
+  // DDL and a statement that refuses a transaction block.
+  c.execOrThrow("CREATE INDEX items_v ON items (v)");
+  c.execOrThrow("VACUUM items");
+
+  EXPECT_EQ(source_->psql("SELECT string_agg(id || '=' || v, ',' ORDER BY id) FROM items"),
+            "2=B,3=c,5=e,6=f");
+  expectSame("SELECT string_agg(id || '=' || v, ',' ORDER BY id) FROM items");
+  expectSame("SELECT indexname FROM pg_indexes WHERE tablename = 'items' ORDER BY 1");
+  EXPECT_EQ(c.execOrThrow("SELECT side FROM marker").value(), "source");
+  EXPECT_EQ(metric(R"(pghandoff_divergences_total{kind="command_tag"})") +
+                metric(R"(pghandoff_divergences_total{kind="row_count"})") +
+                metric(R"(pghandoff_divergences_total{kind="error"})") +
+                metric(R"(pghandoff_divergences_total{kind="commit"})"),
+            0.0);
+  EXPECT_GT(metric(R"(pghandoff_queries_total{side="target",kind="write"})"), 10.0);
+  EXPECT_EQ(metric(R"(pghandoff_server_connections{side="target"})"), 1.0);
+
+  // Reads follow the phase; writes still reach both.
+  flip("mirror-read-target");
+  EXPECT_EQ(c.execOrThrow("SELECT side FROM marker").value(), "target");
+  c.execOrThrow("INSERT INTO items VALUES (8, 'h')");
+  flip("reverse-mirror");
+  EXPECT_EQ(c.execOrThrow("SELECT side FROM marker").value(), "target");
+  c.execOrThrow("UPDATE items SET v = 'H' WHERE id = 8");
+  expectSame("SELECT string_agg(id || '=' || v, ',' ORDER BY id) FROM items");
+  flip("target-only");
+  EXPECT_EQ(c.execOrThrow("SELECT side FROM marker").value(), "target");
+  c.execOrThrow("INSERT INTO items VALUES (9, 'i')");
+  EXPECT_EQ(target_->psql("SELECT count(*) FROM items WHERE id = 9"), "1");
+  EXPECT_EQ(source_->psql("SELECT count(*) FROM items WHERE id = 9"), "0");
+  EXPECT_TRUE(
+      waitFor([&] { return metric(R"(pghandoff_server_connections{side="source"})") == 0.0; }, 5s));
+  // A new session in target-only never touches the source.
+  PqConn late(proxy_->url());
+  ASSERT_TRUE(late.ok()) << late.error();
+  EXPECT_EQ(late.execOrThrow("SELECT side FROM marker").value(), "target");
+  EXPECT_EQ(metric(R"(pghandoff_server_connections{side="source"})"), 0.0);
+}
+
+TEST_F(Mirror, SessionStateMadeBeforeTheFlipIsCopiedToTheTarget) {
+  startProxy();
+  PqConn c(proxy_->url());
+  ASSERT_TRUE(c.ok()) << c.error();
+  c.execOrThrow("SET statement_timeout = '12s'");
+  c.execOrThrow("SET application_name = 'carried'");
+  c.execOrThrow("PREPARE ins(int, text) AS INSERT INTO items VALUES ($1, $2)");
+  flip("mirror");
+  // EXECUTE runs on both: the target's new session has the statement.
+  EXPECT_EQ(c.execOrThrow("EXECUTE ins(10, 'x')").commandTag, "INSERT 0 1");
+  expectSame("SELECT string_agg(id || '=' || v, ',' ORDER BY id) FROM items");
+  EXPECT_EQ(target_->psql("SELECT count(*) FROM items"), "1");
+  // The settings too (read on the target in mirror-read-target).
+  flip("mirror-read-target");
+  EXPECT_EQ(c.execOrThrow("SHOW statement_timeout").value(), "12s");
+  EXPECT_EQ(c.execOrThrow("SELECT current_setting('application_name')").value(), "carried");
+  EXPECT_EQ(c.execOrThrow("SELECT side FROM marker").value(), "target");
+}
+
+TEST_F(Mirror, DifferentRowCountsAreCountedAsDivergences) {
+  startProxy();
+  source_->psql("INSERT INTO items VALUES (1, 'only on the source')");
+  PqConn c(proxy_->url());
+  ASSERT_TRUE(c.ok()) << c.error();
+  flip("mirror");
+  // on_divergence: log (the default): the client gets the source's answer.
+  EXPECT_EQ(c.execOrThrow("UPDATE items SET v = 'x' WHERE id = 1").commandTag, "UPDATE 1");
+  EXPECT_EQ(metric(R"(pghandoff_divergences_total{kind="row_count"})"), 1.0);
+  EXPECT_NE(proxy_->log().find("divergence (row_count) on statement"), std::string::npos);
+  // The statement's literal never reaches the log, only its fingerprint.
+  EXPECT_EQ(proxy_->log().find("only on the source"), std::string::npos);
+  EXPECT_EQ(proxy_->log().find("SET v = 'x'"), std::string::npos);
+}
+
+TEST_F(Mirror, AStatementTheTargetRefusesIsRolledBackOnTheSource) {
+  startProxy();
+  source_->psql("CREATE TABLE source_only_table (id int)");
+  PqConn c(proxy_->url());
+  ASSERT_TRUE(c.ok()) << c.error();
+  flip("mirror");
+  // Autocommit: the proxy's wrapper rolls the source back.
+  auto r = c.exec("INSERT INTO source_only_table VALUES (1)");
+  EXPECT_EQ(r.sqlstate, "58000") << r.error;
+  EXPECT_NE(r.error.find("target server refused this statement"), std::string::npos) << r.error;
+  EXPECT_EQ(source_->psql("SELECT count(*) FROM source_only_table"), "0");
+  EXPECT_EQ(metric(R"(pghandoff_mirror_errors_total{reason="error"})"), 1.0);
+  EXPECT_EQ(metric(R"(pghandoff_divergences_total{kind="error"})"), 1.0);
+  // In a block: the transaction fails, and ends on both sides.
+  c.execOrThrow("BEGIN");
+  c.execOrThrow("INSERT INTO items VALUES (1, 'a')");
+  EXPECT_EQ(c.exec("INSERT INTO source_only_table VALUES (2)").sqlstate, "58000");
+  EXPECT_EQ(c.exec("SELECT 1").sqlstate, "25P02");
+  EXPECT_EQ(c.execOrThrow("COMMIT").commandTag, "ROLLBACK");
+  EXPECT_EQ(source_->psql("SELECT count(*) FROM items"), "0");
+  EXPECT_EQ(target_->psql("SELECT count(*) FROM items"), "0");
+  // The session goes on.
+  EXPECT_EQ(c.execOrThrow("INSERT INTO items VALUES (2, 'b')").commandTag, "INSERT 0 1");
+  expectSame("SELECT string_agg(id || '=' || v, ',' ORDER BY id) FROM items");
+}
+
+TEST_F(Mirror, ExtendedProtocolIsRefusedInMirrorPhasesNotBuiltYet) {
+  startProxy();
+  PqConn c(proxy_->url());
+  ASSERT_TRUE(c.ok()) << c.error();
+  flip("mirror");
+  auto r = c.execParams("INSERT INTO items VALUES ($1, 'p')", {"1"});
+  EXPECT_EQ(r.sqlstate, "0A000");
+  EXPECT_NE(r.error.find("not built yet"), std::string::npos) << r.error;
+  EXPECT_EQ(c.execOrThrow("SELECT count(*) FROM items").value(), "0");
+  EXPECT_EQ(c.execOrThrow("INSERT INTO items VALUES (1, 'q')").commandTag, "INSERT 0 1");
+  expectSame("SELECT count(*) FROM items");
+}
+
+// DESIGN hard problem 4: many sessions on the same rows, in mirror, never
+// deadlock across the servers and leave both with the same balances.
+TEST_F(Mirror, HotRowsFromManySessionsNeverDeadlockAcrossServers) {
+  startProxy();
+  flip("mirror");
+  constexpr int kSessions = 16;
+  std::atomic<int> errors{0}, done{0};
+  std::string firstError;
+  std::mutex mu;
+  std::vector<std::thread> threads;
+  const auto until = std::chrono::steady_clock::now() + 6s;
+  for (int t = 0; t < kSessions; ++t) {
+    threads.emplace_back([&, t] {
+      PqConn c(proxy_->url());
+      if (!c.ok()) {
+        ++errors;
+        return;
+      }
+      unsigned seed = 7u * static_cast<unsigned>(t) + 1;
+      while (std::chrono::steady_clock::now() < until) {
+        seed = seed * 1103515245u + 12345u;
+        int from = static_cast<int>(seed >> 16) % 10 + 1;
+        int to = static_cast<int>(seed >> 8) % 10 + 1;
+        if (from == to) to = to % 10 + 1;
+        // Rows locked in id order: no deadlock on either server alone.
+        int lo = std::min(from, to), hi = std::max(from, to);
+        int amount = lo == from ? 3 : -3;
+        std::string sql[] = {"BEGIN",
+                             "UPDATE accounts SET balance = balance - " + std::to_string(amount) +
+                                 " WHERE id = " + std::to_string(lo),
+                             "UPDATE accounts SET balance = balance + " + std::to_string(amount) +
+                                 " WHERE id = " + std::to_string(hi),
+                             "COMMIT"};
+        for (const auto& s : sql) {
+          auto r = c.exec(s);
+          if (!r.ok) {
+            std::lock_guard lock(mu);
+            if (firstError.empty()) firstError = s + ": " + r.sqlstate + " " + r.error;
+            ++errors;
+            return;
+          }
+        }
+        c.execOrThrow("UPDATE accounts SET balance = balance WHERE id = 1");  // the hottest row
+        ++done;
+      }
+    });
+  }
+  for (auto& th : threads) th.join();
+  EXPECT_EQ(errors.load(), 0) << firstError;
+  EXPECT_GT(done.load(), 100);
+  EXPECT_EQ(source_->psql("SELECT sum(balance) FROM accounts"), "10000");
+  expectSame("SELECT string_agg(id || '=' || balance, ',' ORDER BY id) FROM accounts");
+  EXPECT_EQ(metric(R"(pghandoff_divergences_total{kind="row_count"})"), 0.0);
+}
+
+TEST_F(Mirror, TargetDownFailsTheClientAndLosesNothingOnTheSource) {
+  startProxy();
+  PqConn c(proxy_->url());
+  ASSERT_TRUE(c.ok()) << c.error();
+  flip("mirror");
+  c.execOrThrow("INSERT INTO items VALUES (1, 'a')");
+  target_->stop();
+  auto r = c.exec("INSERT INTO items VALUES (2, 'b')");
+  EXPECT_EQ(r.sqlstate, "58000") << r.error;
+  EXPECT_EQ(source_->psql("SELECT count(*) FROM items"), "1");  // rolled back
+  // Reads go on (they need the source only), and the session too.
+  EXPECT_EQ(c.execOrThrow("SELECT count(*) FROM items").value(), "1");
+  EXPECT_EQ(c.exec("INSERT INTO items VALUES (3, 'c')").sqlstate, "58000");
+  EXPECT_GE(metric(R"(pghandoff_mirror_errors_total{reason="target_down"})"), 2.0);
+  target_->start();
+  // The next transaction opens the target again.
+  EXPECT_EQ(c.execOrThrow("INSERT INTO items VALUES (4, 'd')").commandTag, "INSERT 0 1");
+  expectSame("SELECT string_agg(id || '=' || v, ',' ORDER BY id) FROM items");
+}
+
+TEST_F(Mirror, TargetDownUnderDegradeGoesOnWithTheSourceAlone) {
+  startProxy("mirror: { on_target_error: degrade }");
+  PqConn c(proxy_->url());
+  ASSERT_TRUE(c.ok()) << c.error();
+  flip("mirror");
+  c.execOrThrow("INSERT INTO items VALUES (1, 'a')");
+  target_->stop();
+  EXPECT_EQ(c.execOrThrow("INSERT INTO items VALUES (2, 'b')").commandTag, "INSERT 0 1");
+  EXPECT_EQ(c.execOrThrow("INSERT INTO items VALUES (3, 'c')").commandTag, "INSERT 0 1");
+  EXPECT_EQ(source_->psql("SELECT count(*) FROM items"), "3");
+  EXPECT_EQ(metric(R"(pghandoff_mirror_errors_total{reason="target_down"})"), 1.0);
+  EXPECT_NE(proxy_->log().find("mirror broken"), std::string::npos);
+  target_->start();
+  EXPECT_EQ(target_->psql("SELECT count(*) FROM items"), "1");
+}
+
+}  // namespace
+}  // namespace pghandoff::test
