@@ -1004,7 +1004,8 @@ void ClientSession::closeNow() {
   for (Upstream& u : up_) {
     if (u.conn) u.conn->stream().socket().cancel(ignored);
   }
-  if (mode_ == Mode::kLockstep && lockstepIdle_) client_.socket().cancel(ignored);
+  // The lockstep relay may wait for the client, in a transaction too.
+  if (mode_ == Mode::kLockstep && !clientWriting_) client_.socket().cancel(ignored);
   // A client that does not read keeps serverToClient in a write: cut it.
   if (clientWriting_) client_.close();
 }

@@ -323,5 +323,91 @@ TEST_F(Mirror, TargetDownUnderDegradeGoesOnWithTheSourceAlone) {
   EXPECT_EQ(target_->psql("SELECT count(*) FROM items"), "1");
 }
 
+TEST_F(Mirror, FlipCancelEndsATransactionLeftOpenInMirror) {
+  startProxy("flip: { drain_timeout: 300ms, on_timeout: cancel }");
+  PqConn idle(proxy_->url());
+  ASSERT_TRUE(idle.ok()) << idle.error();
+  flip("mirror");
+  idle.execOrThrow("BEGIN");
+  idle.execOrThrow("INSERT INTO items VALUES (1, 'never committed')");
+  // The flip drains for 300 ms, then ends the open transaction (57P01).
+  auto r = proxy_->http("POST", "/phase", R"({"phase":"mirror-read-target"})");
+  EXPECT_EQ(r.status, 200) << r.body;
+  auto after = idle.exec("COMMIT");
+  EXPECT_FALSE(after.ok);
+  EXPECT_EQ(source_->psql("SELECT count(*) FROM items"), "0");
+  EXPECT_TRUE(waitFor([&] { return target_->psql("SELECT count(*) FROM items") == "0"; }, 5s));
+  EXPECT_NE(proxy_->log().find("ending its open transaction for a phase change"),
+            std::string::npos);
+  PqConn next(proxy_->url());
+  ASSERT_TRUE(next.ok()) << next.error();
+  EXPECT_EQ(next.execOrThrow("SELECT side FROM marker").value(), "target");
+}
+
+// "Migration under fire" with pgbench in simple query mode: read-only
+// clients run all along (through source-only -> mirror too), TPC-B-like
+// writers from the first mirror phase on, while the phases are walked
+// forward every ~1.5 s up to reverse-mirror. No client may fail, and there
+// the two databases must hold the same rows (history without mtime:
+// CURRENT_TIMESTAMP is pinned in step 4).
+TEST_F(Mirror, PgbenchSimpleThroughThePhasesWithoutAClientError) {
+  const std::string bin = pgBinDir();
+  for (PgCluster* c : {source_.get(), target_.get()}) {
+    auto init = run({bin + "/pgbench", "-i", "-q", "-s", "1", "-h", "127.0.0.1", "-p",
+                     std::to_string(c->port()), "-U", "postgres", "postgres"},
+                    {{"PGPASSWORD", c->superPassword()}}, 120s);
+    ASSERT_EQ(init.exitCode, 0) << init.err;
+  }
+  startProxy();
+  const std::map<std::string, std::string> env{{"PGPASSWORD", "app-secret"},
+                                               {"PGSSLMODE", "disable"}};
+  auto pgbench = [&](std::vector<std::string> extra) {
+    std::vector<std::string> argv{bin + "/pgbench",
+                                  "-M",
+                                  "simple",
+                                  "-n",
+                                  "-h",
+                                  "127.0.0.1",
+                                  "-p",
+                                  std::to_string(proxy_->port()),
+                                  "-U",
+                                  "app"};
+    argv.insert(argv.end(), extra.begin(), extra.end());
+    argv.push_back("postgres");
+    return run(argv, env, 60s);
+  };
+  ProcessResult readers, writers;
+  std::thread readThread([&] { readers = pgbench({"-S", "-c", "2", "-T", "7"}); });
+  std::this_thread::sleep_for(1000ms);
+  auto first = proxy_->http("POST", "/phase", R"({"phase":"mirror"})");
+  ASSERT_EQ(first.status, 200) << first.body;
+  std::thread writeThread([&] { writers = pgbench({"-c", "8", "-j", "2", "-T", "5"}); });
+  for (const char* p : {"mirror-read-target", "reverse-mirror"}) {
+    std::this_thread::sleep_for(1500ms);
+    auto r = proxy_->http("POST", "/phase", R"({"phase":")" + std::string(p) + R"("})");
+    EXPECT_EQ(r.status, 200) << p << " " << r.body;
+  }
+  writeThread.join();
+  readThread.join();
+  EXPECT_EQ(writers.exitCode, 0) << writers.out << writers.err;
+  EXPECT_EQ(readers.exitCode, 0) << readers.out << readers.err;
+  EXPECT_NE(writers.out.find("number of failed transactions: 0"), std::string::npos) << writers.out;
+  EXPECT_EQ(proxy_->metric("pghandoff_phase_flip_pause_seconds_count"), 3.0);
+
+  // At reverse-mirror both hold the same rows.
+  EXPECT_GT(std::stoi(source_->psql("SELECT count(*) FROM pgbench_history")), 100);
+  expectSame(
+      "SELECT md5(string_agg(aid || ':' || abalance, ',' ORDER BY aid)) FROM pgbench_accounts");
+  expectSame("SELECT string_agg(bid || ':' || bbalance, ',' ORDER BY bid) FROM pgbench_branches");
+  expectSame("SELECT string_agg(tid || ':' || tbalance, ',' ORDER BY tid) FROM pgbench_tellers");
+  expectSame(
+      "SELECT md5(string_agg(tid || ':' || bid || ':' || aid || ':' || delta, ',' "
+      "ORDER BY tid, bid, aid, delta)) FROM pgbench_history");
+  EXPECT_EQ(metric(R"(pghandoff_divergences_total{kind="row_count"})"), 0.0);
+  EXPECT_EQ(metric(R"(pghandoff_divergences_total{kind="error"})"), 0.0);
+  EXPECT_EQ(metric(R"(pghandoff_divergences_total{kind="command_tag"})"), 0.0);
+  EXPECT_EQ(metric(R"(pghandoff_divergences_total{kind="commit"})"), 0.0);
+}
+
 }  // namespace
 }  // namespace pghandoff::test
