@@ -663,7 +663,8 @@ void ClientSession::trackStatement(char type, protocol::Bytes body, bool whole) 
       break;
     case 'P':
       if (auto p = protocol::decodeParseBody(body)) {
-        statements_.onParse(p->statement, classify(p->query));
+        (void)classify(p->query);
+        statements_.onParse(p->statement, StatementTracker::infoOf(scratch_));
       }
       break;
     case 'B':

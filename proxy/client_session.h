@@ -135,18 +135,45 @@ class ClientSession : public std::enable_shared_from_this<ClientSession> {
   // Reads one side's answer up to its ReadyForQuery (not forwarded: the
   // caller answers the client's ReadyForQuery itself). False when the side
   // is lost (closed, reset, out of sync).
-  awaitable<bool> pump(int idx, Sink sink, Outcome& out);
+  // `expected` > 0: a batch without Sync, done after that many answered
+  // messages (or an error).
+  awaitable<bool> pump(int idx, Sink sink, Outcome& out, std::size_t expected);
   awaitable<bool> sendTo(int idx, protocol::Bytes bytes);
-  awaitable<bool> exchange(int idx, protocol::Bytes bytes, Sink sink, Outcome& out);
+  awaitable<bool> exchange(int idx, protocol::Bytes bytes, Sink sink, Outcome& out,
+                           std::size_t expected);
   // Runs one of the proxy's own statements on a side; false when the side is
   // lost or the statement failed.
   awaitable<bool> runOwn(int idx, std::string_view sql, Outcome& out);
+  // One request: a simple Query, or extended-protocol messages up to Sync
+  // (or Flush), or a FunctionCall.
+  struct Unit {
+    protocol::Bytes bytes;  // as the client sent it
+    // Parse and Close(statement) frames (+ Sync or Flush): what the side that
+    // does not run a read request gets, so both keep the same statements.
+    std::vector<std::uint8_t> sessionPart;
+    std::size_t sessionExpected = 0;
+    std::string_view sql;         // for the divergence log's fingerprint
+    StatementTracker::Info info;  // the strongest kind it runs, and flags
+    bool txControl = false;       // a transaction-control statement anywhere
+    bool executes = false;        // runs a statement (Query, Execute, FunctionCall)
+    bool single = true;           // one statement
+    bool ready = true;            // ends in ReadyForQuery; else a Flush batch
+    bool implicitCommit = false;  // a Sync ending an implicit transaction that wrote
+    std::size_t expected = 0;     // messages the servers answer (a Flush batch)
+    std::size_t count = 0;        // statements, for queries_total
+  };
   awaitable<bool> mirrorQuery(protocol::Bytes frame);
-  awaitable<bool> mirrorCommit(protocol::Bytes frame, int a, int m);
+  awaitable<bool> mirrorExtended(bool ready);
+  awaitable<bool> runUnit(const Unit& u);
+  awaitable<bool> mirrorCommit(const Unit& u, int a, int m);
+  awaitable<bool> syncAfterError();
+  awaitable<bool> answer(bool ready, char status);
+  awaitable<bool> failTransaction(int a);
   struct FailBoth {
     int a, m;
     bool wrap, wrapMirror;
-    char clientTx, aTx;
+    char clientTx;
+    bool ready;
   };
   awaitable<bool> failBoth(FailBoth f, std::string why);
   // The mirror failed (lost, or an error the authoritative side did not
@@ -232,10 +259,16 @@ class ClientSession : public std::enable_shared_from_this<ClientSession> {
   bool lockstepIdle_ = false;  // waiting for the client at a boundary
   bool clientGone_ = false;    // a write to the client failed: drain, then end
   std::array<std::chrono::steady_clock::time_point, 2> sentAt_{};  // per side
-  // fail-client after the mirror failed inside a transaction block: the
-  // client was told its transaction failed; until it ends it, the proxy
-  // answers as PostgreSQL does in an aborted transaction.
-  bool poisoned_ = false;
+  // Extended-protocol messages collected up to Sync (or Flush).
+  struct FrameRef {
+    char type;
+    std::size_t offset;
+    std::size_t length;
+  };
+  std::vector<std::uint8_t> unit_;
+  std::vector<FrameRef> unitFrames_;
+  bool implicitWrite_ = false;  // a Flush batch wrote in the implicit transaction Sync ends
+  bool extSkip_ = false;        // an error in a Flush batch: nothing until Sync
   std::optional<protocol::ErrorFields> pendingFatal_;  // sent by serverToClient as its last word
 
   // Query timing: send times of requests awaiting ReadyForQuery.

@@ -52,6 +52,8 @@ constexpr std::size_t kNone = static_cast<std::size_t>(-1);
 constexpr std::string_view kRollback = "ROLLBACK";
 constexpr std::string_view kCommit = "COMMIT";
 constexpr std::string_view kBegin = "BEGIN";
+// Puts a transaction in the failed state (any error does).
+constexpr std::string_view kFailTransaction = "SELECT 1/0 -- pghandoff: the mirror failed";
 
 bool onlyTag(const std::vector<std::string>& results, std::string_view tag) {
   return results.size() == 1 && results[0] == tag;
@@ -104,18 +106,17 @@ const char* expectedCommitTag(TxControl t) {
 }
 
 // What a session set that a new server session must get too: session-level
-// settings and prepared statements (SQL PREPARE and protocol Parse alike; a
-// named protocol statement can be recreated with PREPARE, which Bind uses by
-// name).
+// settings (replayed as SET), SQL PREPAREd statements (their text again) and
+// protocol-level named statements (a Parse with the same name, text and
+// parameter types: PREPARE cannot recreate a utility statement such as
+// pgbench's "BEGIN;").
 constexpr std::string_view kSessionStateQuery =
-    "SELECT pg_catalog.format('SET %I = %L', name, setting) FROM pg_catalog.pg_settings "
-    "WHERE source = 'session' "
+    "SELECT 'q', pg_catalog.format('SET %I = %L', name, setting), NULL FROM "
+    "pg_catalog.pg_settings WHERE source = 'session' "
     "UNION ALL "
-    "SELECT CASE WHEN from_sql THEN statement "
-    "WHEN pg_catalog.cardinality(parameter_types) = 0 "
-    "THEN pg_catalog.format('PREPARE %I AS %s', name, statement) "
-    "ELSE pg_catalog.format('PREPARE %I(%s) AS %s', name, "
-    "pg_catalog.array_to_string(parameter_types, ','), statement) END "
+    "SELECT CASE WHEN from_sql THEN 'q' ELSE 'p' END, CASE WHEN from_sql THEN statement "
+    "ELSE name END, CASE WHEN from_sql THEN NULL ELSE statement || pg_catalog.chr(1) || "
+    "pg_catalog.array_to_string(parameter_types::pg_catalog.oid[], ',') END "
     "FROM pg_catalog.pg_prepared_statements";
 
 }  // namespace
@@ -125,7 +126,6 @@ constexpr std::string_view kSessionStateQuery =
 
 awaitable<void> ClientSession::lockstep() {
   const auto maxLen = static_cast<std::uint32_t>(rt_->cfg.limits.maxMessageBytes);
-  bool skipping = false;  // after refusing an extended-protocol message: until Sync
   while (true) {
     if (clientGone_ || closing_) {
       closing_ = true;
@@ -133,7 +133,8 @@ awaitable<void> ClientSession::lockstep() {
       client_.close();
       co_return;
     }
-    if (forced_ || (shutdownRequested_ && !inTransaction_ && cbuf_.pendingSize() == 0)) {
+    if (forced_ || (shutdownRequested_ && !inTransaction_ && cbuf_.pendingSize() == 0 &&
+                    unitFrames_.empty())) {
       // Graceful shutdown at a boundary (or forced): as the streaming relay.
       co_await closeServerGracefully(false);
       protocol::ErrorFields e{
@@ -149,7 +150,7 @@ awaitable<void> ClientSession::lockstep() {
     }
     // New work at a boundary takes the barrier; the phase may want another
     // mode or side.
-    if (!inTransaction_ && !cbuf_.midMessage()) {
+    if (!inTransaction_ && !cbuf_.midMessage() && unitFrames_.empty()) {
       auto h = protocol::parseFrontendHeader(cbuf_.unscanned(), maxLen);
       if (h.status == protocol::FrameStatus::kOk && h.type != 'X') {
         if (!co_await beginTransaction()) co_return;
@@ -161,11 +162,15 @@ awaitable<void> ClientSession::lockstep() {
     }
     // One frame at a time.
     char type = 0;
+    std::size_t at = 0, total = 0;
+    const auto* readyStart = static_cast<const std::uint8_t*>(cbuf_.ready().data());
     auto res =
         cbuf_.scan([maxLen](protocol::Bytes b) { return protocol::parseFrontendHeader(b, maxLen); },
                    [](char t) { return t == 'Q'; },
-                   [this, &type](const protocol::FrameHeader& h, protocol::Bytes, bool) {
+                   [&](const protocol::FrameHeader& h, protocol::Bytes body, bool) {
                      type = h.type;
+                     at = static_cast<std::size_t>(body.data() - 5 - readyStart);
+                     total = h.total();
                      (void)machine_.onClientFrame(h.type);
                      return false;
                    });
@@ -180,10 +185,16 @@ awaitable<void> ClientSession::lockstep() {
       client_.close();
       co_return;
     }
+    const auto ready = cbuf_.ready();
+    const protocol::Bytes bytes(static_cast<const std::uint8_t*>(ready.data()), ready.size());
     if (type == 0) {
-      cbuf_.consumeReady();  // the streamed rest of a refused message
+      // The streamed rest of a large extended-protocol message.
+      if (!unitFrames_.empty()) unit_.insert(unit_.end(), bytes.begin(), bytes.end());
+      cbuf_.consumeReady();
       lockstepIdle_ = !inTransaction_;
-      if (shutdownRequested_ && lockstepIdle_ && cbuf_.pendingSize() == 0) continue;
+      if (shutdownRequested_ && lockstepIdle_ && cbuf_.pendingSize() == 0 && unitFrames_.empty()) {
+        continue;
+      }
       auto [ec, n] = co_await client_.readSome(cbuf_.freeSpace());
       lockstepIdle_ = false;
       if (ec) {
@@ -199,111 +210,235 @@ awaitable<void> ClientSession::lockstep() {
       continue;
     }
     bool ok = true;
-    const auto ready = cbuf_.ready();
-    protocol::Bytes frame(static_cast<const std::uint8_t*>(ready.data()), ready.size());
     switch (type) {
       case 'X':
         closing_ = true;
         co_await closeServerGracefully(false);
         client_.close();
         co_return;
-      case 'Q':
-        if (skipping) break;  // PostgreSQL too ignores all but Sync after an error
-        ok = co_await mirrorQuery(frame);
+      case 'Q': {
+        if (!unitFrames_.empty()) {
+          // A Query in the middle of an extended batch: the batch so far is
+          // answered first, as a server would.
+          ok = co_await mirrorExtended(false);
+          if (!ok) co_return;
+        }
+        ok = co_await mirrorQuery(bytes.subspan(at, total));
+        cbuf_.consumeReady();
         break;
-      case 'S':
-        skipping = false;
-        ok = co_await finishUnit(machine_.transactionStatus());
-        break;
-      case 'H':
-        if (!held_.empty()) ok = co_await writeClient(held_);
-        held_.clear();
-        break;
+      }
       case 'd':
       case 'c':
       case 'f':
-        break;  // CopyData/Done/Fail outside COPY: ignored, as PostgreSQL does
-      default:
-        // Parse, Bind, Describe, Execute, Close, FunctionCall.
-        if (!skipping) {
-          holdError(protocol::ErrorFields{
-              "ERROR", sqlstate::kFeatureNotSupported,
-              "not built yet: pghandoff does not mirror the extended query protocol in phase " +
-                  std::string(phaseName(txPhase_)) + " (issue 3 step 3)",
-              "", "Use the simple query protocol, or a phase that writes to one server."});
-          if (type == 'F') {
-            ok = co_await finishUnit(machine_.transactionStatus());
-          } else {
-            skipping = true;
-            ok = co_await writeClient(held_);
-            held_.clear();
-          }
+        cbuf_.consumeReady();  // CopyData/Done/Fail outside COPY: ignored, as PostgreSQL does
+        break;
+      default: {
+        // Parse, Bind, Describe, Execute, Close, Sync, Flush, FunctionCall:
+        // collected up to Sync (or Flush), then run as one request.
+        const std::size_t offset = unit_.size() + at;
+        unit_.insert(unit_.end(), bytes.begin(), bytes.end());
+        unitFrames_.push_back(FrameRef{type, offset, total});
+        cbuf_.consumeReady();
+        if (type == 'S' || type == 'F') {
+          ok = co_await mirrorExtended(true);
+        } else if (type == 'H' || (unit_.size() > kHoldLimit && !cbuf_.midMessage())) {
+          ok = co_await mirrorExtended(false);  // a long batch: answered as at a Flush
         }
         break;
+      }
     }
-    cbuf_.consumeReady();
     if (!ok) co_return;
   }
 }
 
 // ---------------------------------------------------------------------------
-// One simple Query
+// Requests
 
 awaitable<bool> ClientSession::mirrorQuery(protocol::Bytes frame) {
   auto text = protocol::decodeQueryBody(frame.subspan(5));
-  const std::string_view sql = text ? *text : std::string_view{};
-  registry_.classifier().get(sql, scratch_);
-  const protocol::Classification c = scratch_;
+  Unit u;
+  u.bytes = frame;
+  u.sql = text ? *text : std::string_view{};
+  registry_.classifier().get(u.sql, scratch_);
+  u.info = StatementTracker::infoOf(scratch_);
+  u.txControl = scratch_.txControl != TxControl::kNone;
+  u.single = scratch_.statements.size() == 1;
+  u.executes = true;
+  u.count = std::max<std::size_t>(1, scratch_.statements.size());
+  co_return co_await runUnit(u);
+}
+
+awaitable<bool> ClientSession::mirrorExtended(bool ready) {
+  Unit u;
+  u.bytes = unit_;
+  u.ready = ready;
+  u.info.kind = StatementKind::kRead;
+  std::size_t executes = 0;
+  for (const FrameRef& f : unitFrames_) {
+    const protocol::Bytes whole(unit_.data() + f.offset, f.length);
+    const protocol::Bytes body = whole.subspan(5);
+    switch (f.type) {
+      case 'P': {
+        if (auto pm = protocol::decodeParseBody(body)) {
+          registry_.classifier().get(pm->query, scratch_);
+          statements_.onParse(pm->statement, StatementTracker::infoOf(scratch_));
+          if (u.sql.empty()) u.sql = pm->query;
+        }
+        u.sessionPart.insert(u.sessionPart.end(), whole.begin(), whole.end());
+        ++u.sessionExpected;
+        ++u.expected;
+        break;
+      }
+      case 'B':
+        if (auto b = protocol::decodeBindNames(body)) {
+          statements_.onBind(b->portal, b->statement);
+        } else {
+          statements_.onBind("", "\x01unknown");
+        }
+        ++u.expected;
+        break;
+      case 'E': {
+        auto portal = protocol::decodeExecutePortal(body);
+        StatementTracker::Info info =
+            portal ? statements_.executeInfo(*portal) : StatementTracker::Info{};
+        ++executes;
+        u.info.kind = protocol::strongest(u.info.kind, info.kind);
+        u.info.authoritativeOnly = u.info.authoritativeOnly || info.authoritativeOnly;
+        u.info.copyFrom = u.info.copyFrom || info.copyFrom;
+        u.info.noTransactionBlock = u.info.noTransactionBlock || info.noTransactionBlock;
+        if (info.tx != TxControl::kNone) {
+          u.txControl = true;
+          u.info.tx = info.tx;
+        }
+        ++u.expected;
+        break;
+      }
+      case 'C':
+        if (auto c = protocol::decodeCloseBody(body)) {
+          statements_.onClose(c->kind, c->name);
+          if (c->kind == 'S') {
+            u.sessionPart.insert(u.sessionPart.end(), whole.begin(), whole.end());
+            ++u.sessionExpected;
+          }
+        }
+        ++u.expected;
+        break;
+      case 'D':
+        ++u.expected;
+        break;
+      case 'F':  // FunctionCall: what it runs is not known
+        ++executes;
+        u.info.kind = protocol::strongest(u.info.kind, StatementKind::kUnknown);
+        break;
+      default:
+        break;
+    }
+  }
+  u.executes = executes > 0;
+  u.single = executes <= 1;
+  u.count = executes;
+  if (executes != 1) u.info.tx = TxControl::kNone;
+  if (!u.sessionPart.empty()) {
+    if (ready) {
+      protocol::encodeSync(u.sessionPart);
+    } else {
+      protocol::Writer w(u.sessionPart);
+      w.begin('H');
+      w.end();
+    }
+  }
+  // A Sync that ends an implicit transaction a Flush batch wrote in commits
+  // it: the mirror first, like a COMMIT.
+  u.implicitCommit = ready && implicitWrite_;
+  bool ok = true;
+  if (extSkip_) {
+    // The servers ignore everything after an error until Sync; so does the
+    // proxy (nothing is sent, nothing is answered).
+    if (ready) {
+      extSkip_ = false;
+      implicitWrite_ = false;
+      ok = co_await syncAfterError();
+    }
+  } else {
+    ok = co_await runUnit(u);
+  }
+  unit_.clear();
+  unitFrames_.clear();
+  co_return ok;
+}
+
+// After an error in a Flush batch, a Sync ends the implicit transaction on
+// every side that took part.
+awaitable<bool> ClientSession::syncAfterError() {
+  const int a = targetAuthoritative(txPhase_) ? kTargetIdx : kSourceIdx;
+  const int m = a == kSourceIdx ? kTargetIdx : kSourceIdx;
+  std::vector<std::uint8_t> sync;
+  protocol::encodeSync(sync);
+  if (up_[m].conn) {
+    Outcome mo;
+    bool done = co_await exchange(m, sync, Sink::kDiscard, mo, 0);
+    if (!done) mirrorFailed(m, MirrorErrorReason::kTargetDown, "connection lost");
+  }
+  Outcome ao;
+  bool done = co_await exchange(a, sync, Sink::kHold, ao, 0);
+  if (!done) {
+    co_await lockstepLost(a);
+    co_return false;
+  }
+  co_return co_await finishUnit(ao.txStatus);
+}
+
+awaitable<bool> ClientSession::answer(bool ready, char status) {
+  if (ready) co_return co_await finishUnit(status);
+  if (!held_.empty() && !clientGone_) {
+    clientWriting_ = true;
+    auto [ec, n] = co_await client_.writeAll(asio::buffer(held_));
+    clientWriting_ = false;
+    if (ec) clientGone_ = true;
+  }
+  held_.clear();
+  heldCompletion_ = kNone;
+  co_return !clientGone_;
+}
+
+awaitable<bool> ClientSession::failTransaction(int a) {
+  // The client was told its transaction failed: make it so on the
+  // authoritative side, whose aborted state then answers what follows
+  // (25P02, COMMIT -> ROLLBACK, ROLLBACK TO SAVEPOINT) as PostgreSQL does.
+  Outcome o;
+  co_await runOwn(a, kFailTransaction, o);
+  co_return up_[a].conn.has_value();
+}
+
+awaitable<bool> ClientSession::runUnit(const Unit& u) {
   const Phase p = txPhase_;
   const int a = targetAuthoritative(p) ? kTargetIdx : kSourceIdx;
   const int m = a == kSourceIdx ? kTargetIdx : kSourceIdx;
   const int r = readsFromTarget(p) ? kTargetIdx : kSourceIdx;
   const char clientTx = machine_.transactionStatus();
-  const bool single = c.statements.size() == 1;
   const auto kind =
-      c.kind == StatementKind::kRead ? labels::QueryKind::kRead : labels::QueryKind::kWrite;
+      u.info.kind == StatementKind::kRead ? labels::QueryKind::kRead : labels::QueryKind::kWrite;
+  const std::size_t expect = u.ready ? 0 : u.expected;
 
-  // Refused here: the client's transaction fails, as PostgreSQL's would.
-  auto refuse = [this, clientTx](protocol::ErrorFields e) {
-    holdError(e);
-    if (clientTx != 'I') poisoned_ = true;
-    return clientTx == 'I' ? 'I' : 'E';
-  };
-
-  if (poisoned_) {
-    if (single && (c.txControl == TxControl::kRollback || c.txControl == TxControl::kCommit)) {
-      Outcome o;
-      co_await runOwn(a, kRollback, o);
-      if (!o.error && up_[a].txStatus != 'I') {
-        co_await lockstepLost(a);
-        co_return false;
-      }
-      if (up_[m].conn) {
-        Outcome mo;
-        co_await runOwn(m, kRollback, mo);  // lost: runOwn closed it
-      }
-      poisoned_ = false;
-      protocol::encodeCommandComplete("ROLLBACK", held_);
-      co_return co_await finishUnit('I');
+  if (u.info.copyFrom) {
+    holdError(protocol::ErrorFields{"ERROR", sqlstate::kFeatureNotSupported,
+                                    "not built yet: pghandoff does not mirror COPY FROM in phase " +
+                                        std::string(phaseName(p)) + " (issue 3 step 3)",
+                                    "", ""});
+    if (clientTx != 'I' && !co_await failTransaction(a)) {
+      co_await lockstepLost(a);
+      co_return false;
     }
-    holdError(protocol::ErrorFields{
-        "ERROR", sqlstate::kInFailedTransaction,
-        "current transaction is aborted, commands ignored until end of transaction block", "", ""});
-    co_return co_await finishUnit('E');
-  }
-  if (c.copyFrom) {
-    char st = refuse(
-        protocol::ErrorFields{"ERROR", sqlstate::kFeatureNotSupported,
-                              "not built yet: pghandoff does not mirror COPY FROM in phase " +
-                                  std::string(phaseName(p)) + " (issue 3 step 3)",
-                              "", ""});
-    co_return co_await finishUnit(st);
+    if (!u.ready) extSkip_ = true;
+    co_return co_await answer(u.ready, clientTx == 'I' ? 'I' : 'E');
   }
 
   // Reads, and what lives on the authoritative side alone (LISTEN/NOTIFY,
   // cursors; everything once the mirror is broken under `degrade`).
-  const bool read = c.kind == StatementKind::kRead && !c.cursor && !c.listenNotify;
-  if (read || c.listenNotify || c.cursor || registry_.mirrorBroken()) {
+  const bool read =
+      !u.implicitCommit &&
+      (!u.executes || (u.info.kind == StatementKind::kRead && !u.info.authoritativeOnly));
+  if (read || u.info.authoritativeOnly || registry_.mirrorBroken()) {
     int side = read && clientTx != 'E' ? r : a;
     if (side != a && !up_[side].conn) {
       std::string why;
@@ -311,14 +446,32 @@ awaitable<bool> ClientSession::mirrorQuery(protocol::Bytes frame) {
       if (opened) opened = co_await connectSide(side, false, &why);
       if (!opened) side = a;
     }
-    metrics().queriesTotal(sideLabel(side), kind).inc();
+    if (u.count > 0) metrics().queriesTotal(sideLabel(side), kind).inc(u.count);
     Outcome o;
-    bool answered = co_await exchange(side, frame, Sink::kStream, o);
+    bool answered = co_await exchange(side, u.bytes, Sink::kStream, o, expect);
     if (!answered) {
       co_await lockstepLost(side);
       co_return false;
     }
-    co_return co_await finishUnit(o.txStatus);
+    if (o.error && !u.ready) extSkip_ = true;
+    // The other side gets the same named statements.
+    const int other = side == a ? m : a;
+    if (!u.sessionPart.empty() && up_[other].conn && !registry_.mirrorBroken()) {
+      Outcome so;
+      bool done = co_await exchange(other, u.sessionPart, Sink::kDiscard, so,
+                                    u.ready ? 0 : u.sessionExpected);
+      if (!done && other == a) {
+        co_await lockstepLost(a);
+        co_return false;
+      }
+      if (!done) {
+        mirrorFailed(m, MirrorErrorReason::kTargetDown, "connection lost");
+      } else if (so.error && !o.error) {
+        reportDivergence(DivergenceKind::kError, u.sql, o, so);
+        mirrorFailed(m, MirrorErrorReason::kError, "Parse failed: " + so.error->code);
+      }
+    }
+    co_return co_await answer(u.ready, o.txStatus);
   }
 
   // Both sides. The mirror must be there; it is opened at a boundary only
@@ -330,38 +483,44 @@ awaitable<bool> ClientSession::mirrorQuery(protocol::Bytes frame) {
     if (!opened) {
       mirrorFailed(m, MirrorErrorReason::kTargetDown, why);
       if (rt_->cfg.mirror.onTargetError == config::OnTargetError::kFailClient) {
-        char st = refuse(protocol::ErrorFields{
+        holdError(protocol::ErrorFields{
             "ERROR", sqlstate::kSystemError,
             std::string("pghandoff could not reach the ") + sideName(m) +
                 " server to mirror this statement: " + why,
             "Nothing was executed (mirror.on_target_error: fail-client).", ""});
-        co_return co_await finishUnit(st);
+        if (clientTx != 'I' && !co_await failTransaction(a)) {
+          co_await lockstepLost(a);
+          co_return false;
+        }
+        if (!u.ready) extSkip_ = true;
+        co_return co_await answer(u.ready, clientTx == 'I' ? 'I' : 'E');
       }
-      co_return co_await mirrorQuery(frame);  // degraded: the authoritative side alone
+      co_return co_await runUnit(u);  // degraded: the authoritative side alone
     }
   }
-  if (single && clientTx == 'T' &&
-      (c.txControl == TxControl::kCommit || c.txControl == TxControl::kPrepare ||
-       c.txControl == TxControl::kCommitPrepared)) {
-    co_return co_await mirrorCommit(frame, a, m);
-  }
-  if (single && clientTx == 'E' && c.txControl == TxControl::kCommit) {
+  const bool commitLike =
+      u.implicitCommit || (u.single && clientTx == 'T' &&
+                           (u.info.tx == TxControl::kCommit || u.info.tx == TxControl::kPrepare ||
+                            u.info.tx == TxControl::kCommitPrepared));
+  if (commitLike) co_return co_await mirrorCommit(u, a, m);
+  if (u.single && clientTx == 'E' && u.info.tx == TxControl::kCommit) {
     // COMMIT of a failed transaction is a ROLLBACK: the mirror's transaction
     // (which never saw the failed statement) must not commit.
     Outcome mo;
     co_await runOwn(m, kRollback, mo);
-    Outcome ao;
     metrics().queriesTotal(sideLabel(a), kind).inc();
-    bool answered = co_await exchange(a, frame, Sink::kHold, ao);
+    Outcome ao;
+    bool answered = co_await exchange(a, u.bytes, Sink::kHold, ao, expect);
     if (!answered) {
       co_await lockstepLost(a);
       co_return false;
     }
-    co_return co_await finishUnit(ao.txStatus);
+    co_return co_await answer(u.ready, ao.txStatus);
   }
 
-  const bool wrap = clientTx == 'I' && c.txControl == TxControl::kNone && !c.noTransactionBlock &&
-                    (c.kind == StatementKind::kWrite || c.kind == StatementKind::kUnknown);
+  const bool wrap =
+      u.ready && clientTx == 'I' && !u.txControl && !u.info.noTransactionBlock &&
+      (u.info.kind == StatementKind::kWrite || u.info.kind == StatementKind::kUnknown);
   const bool failClientOnDivergence =
       rt_->cfg.mirror.onDivergence == config::OnDivergence::kFailClient;
   const bool wrapMirror = wrap && failClientOnDivergence;
@@ -369,21 +528,22 @@ awaitable<bool> ClientSession::mirrorQuery(protocol::Bytes frame) {
   // 1. The authoritative side.
   std::vector<std::uint8_t> out;
   if (wrap) protocol::encodeQuery(kBegin, out);
-  out.insert(out.end(), frame.begin(), frame.end());
-  metrics().queriesTotal(sideLabel(a), kind).inc();
+  out.insert(out.end(), u.bytes.begin(), u.bytes.end());
+  if (u.count > 0) metrics().queriesTotal(sideLabel(a), kind).inc(u.count);
   Outcome begin, ao;
   // (No co_await inside || or &&: GCC 12 miscompiles it.)
   bool answered = co_await sendTo(a, out);
-  if (answered && wrap) answered = co_await pump(a, Sink::kDiscard, begin);
-  if (answered) answered = co_await pump(a, Sink::kHold, ao);
+  if (answered && wrap) answered = co_await pump(a, Sink::kDiscard, begin, 0);
+  if (answered) answered = co_await pump(a, Sink::kHold, ao, expect);
   if (!answered) {
     co_await lockstepLost(a);
     co_return false;
   }
+  if (ao.error && !u.ready) extSkip_ = true;
   // When the authoritative side failed and its transaction goes away anyway
   // (the proxy's wrapper, or the client's block that must now roll back),
-  // the mirror need not see the statement.
-  if (ao.error && (wrap || (clientTx != 'I' && c.txControl == TxControl::kNone))) {
+  // the mirror need not see the request.
+  if (ao.error && (wrap || (clientTx != 'I' && !u.txControl) || !u.ready)) {
     if (wrap) {
       Outcome rb;
       bool rolledBack = co_await runOwn(a, kRollback, rb);
@@ -392,47 +552,49 @@ awaitable<bool> ClientSession::mirrorQuery(protocol::Bytes frame) {
         co_return false;
       }
     }
-    co_return co_await finishUnit(wrap ? 'I' : ao.txStatus);
+    co_return co_await answer(u.ready, wrap ? 'I' : ao.txStatus);
   }
+  if (!u.ready && clientTx == 'I') implicitWrite_ = true;
 
   // 2. The mirror, with the same bytes.
   out.clear();
   if (wrapMirror) protocol::encodeQuery(kBegin, out);
-  out.insert(out.end(), frame.begin(), frame.end());
-  metrics().queriesTotal(sideLabel(m), kind).inc();
+  out.insert(out.end(), u.bytes.begin(), u.bytes.end());
+  if (u.count > 0) metrics().queriesTotal(sideLabel(m), kind).inc(u.count);
   Outcome mbegin, mo;
   bool mirrored = co_await sendTo(m, out);
-  if (mirrored && wrapMirror) mirrored = co_await pump(m, Sink::kDiscard, mbegin);
-  if (mirrored) mirrored = co_await pump(m, Sink::kDiscard, mo);
+  if (mirrored && wrapMirror) mirrored = co_await pump(m, Sink::kDiscard, mbegin, 0);
+  if (mirrored) mirrored = co_await pump(m, Sink::kDiscard, mo, expect);
 
   const bool failClient = rt_->cfg.mirror.onTargetError == config::OnTargetError::kFailClient;
+  const FailBoth fb{a, m, wrap, wrapMirror, clientTx, u.ready};
   if (!mirrored) {
     mirrorFailed(m, MirrorErrorReason::kTargetDown, "connection lost");
-    if (failClient && (wrap || clientTx != 'I')) {
+    if (failClient && (wrap || clientTx != 'I' || !u.ready)) {
       const std::string why = std::string("pghandoff lost the ") + sideName(m) +
                               " server while mirroring this statement "
                               "(mirror.on_target_error: fail-client)";
-      co_return co_await failBoth(FailBoth{a, m, wrap, wrapMirror, clientTx, ao.txStatus}, why);
+      co_return co_await failBoth(fb, why);
     }
   } else if (mo.error && !ao.error) {
     // The mirror refused what the authoritative side accepted.
-    reportDivergence(DivergenceKind::kError, sql, ao, mo);
+    reportDivergence(DivergenceKind::kError, u.sql, ao, mo);
     mirrorFailed(m, MirrorErrorReason::kError, "the statement failed: " + mo.error->code);
-    if (failClient && (wrap || clientTx != 'I')) {
+    if (failClient && (wrap || clientTx != 'I' || !u.ready)) {
       const std::string why = std::string("the ") + sideName(m) +
                               " server refused this statement: " + mo.error->message +
                               " (SQLSTATE " + mo.error->code +
                               "; mirror.on_target_error: fail-client)";
-      co_return co_await failBoth(FailBoth{a, m, wrap, wrapMirror, clientTx, ao.txStatus}, why);
+      co_return co_await failBoth(fb, why);
     }
   } else if (ao.results != mo.results) {
-    reportDivergence(divergenceKind(ao.results, mo.results), sql, ao, mo);
-    if (failClientOnDivergence && (wrap || clientTx != 'I')) {
+    reportDivergence(divergenceKind(ao.results, mo.results), u.sql, ao, mo);
+    if (failClientOnDivergence && (wrap || clientTx != 'I' || !u.ready)) {
       const std::string why = std::string("the ") + sideName(m) +
                               " server answered this statement differently (" +
                               summary(mo.results) + " instead of " + summary(ao.results) +
                               "; mirror.on_divergence: fail-client)";
-      co_return co_await failBoth(FailBoth{a, m, wrap, wrapMirror, clientTx, ao.txStatus}, why);
+      co_return co_await failBoth(fb, why);
     }
     if (rt_->cfg.mirror.onDivergence == config::OnDivergence::kPauseMirroring) {
       spdlog::error("mirror paused after a divergence (mirror.on_divergence: pause-mirroring)");
@@ -450,7 +612,7 @@ awaitable<bool> ClientSession::mirrorQuery(protocol::Bytes frame) {
         const std::string why = std::string("the ") + sideName(m) +
                                 " server could not commit this statement "
                                 "(mirror.on_target_error: fail-client)";
-        co_return co_await failBoth(FailBoth{a, m, wrap, wrapMirror, clientTx, ao.txStatus}, why);
+        co_return co_await failBoth(fb, why);
       }
     }
   }
@@ -463,20 +625,19 @@ awaitable<bool> ClientSession::mirrorQuery(protocol::Bytes frame) {
     }
     if (!onlyTag(ac.results, kCommit)) {
       // Committed on the mirror, not here (a deferred constraint, say).
-      reportDivergence(DivergenceKind::kCommit, sql, ac, mo);
+      reportDivergence(DivergenceKind::kCommit, u.sql, ac, mo);
       held_.clear();
       if (ac.error) holdError(*ac.error);
-      co_return co_await finishUnit('I');
     }
     co_return co_await finishUnit('I');
   }
-  co_return co_await finishUnit(ao.txStatus);
+  co_return co_await answer(u.ready, ao.txStatus);
 }
 
 // Undo on the authoritative side what the mirror could not follow: roll back
 // the proxy's wrapper, or fail the client's open transaction.
 awaitable<bool> ClientSession::failBoth(FailBoth f, std::string why) {
-  if (up_[f.m].conn && (f.wrapMirror || f.clientTx == 'T')) {
+  if (up_[f.m].conn && f.wrapMirror) {
     Outcome rb;
     co_await runOwn(f.m, kRollback, rb);
   }
@@ -489,9 +650,13 @@ awaitable<bool> ClientSession::failBoth(FailBoth f, std::string why) {
       co_await lockstepLost(f.a);
       co_return false;
     }
-  } else if (f.clientTx != 'I' || f.aTx != 'I') {
-    poisoned_ = true;
-    st = 'E';
+  } else {
+    if (!co_await failTransaction(f.a)) {
+      co_await lockstepLost(f.a);
+      co_return false;
+    }
+    st = up_[f.a].txStatus;
+    if (!f.ready) extSkip_ = true;
   }
   std::string detail =
       std::string(f.wrap ? "The statement was rolled back on the "
@@ -499,23 +664,23 @@ awaitable<bool> ClientSession::failBoth(FailBoth f, std::string why) {
       sideName(f.a) + (f.wrap ? " too." : " either.");
   holdError(protocol::ErrorFields{"ERROR", sqlstate::kSystemError, std::move(why),
                                   std::move(detail), ""});
-  co_return co_await finishUnit(st);
+  co_return co_await answer(f.ready, st);
 }
 
-// COMMIT (or PREPARE TRANSACTION, COMMIT PREPARED) of an open transaction:
-// the mirror first, so that a mirror that cannot commit leaves the
-// authoritative transaction to roll back.
-awaitable<bool> ClientSession::mirrorCommit(protocol::Bytes frame, int a, int m) {
-  auto text = protocol::decodeQueryBody(frame.subspan(5));
-  const std::string_view sql = text ? *text : std::string_view{};
-  const std::string expected = expectedCommitTag(scratch_.txControl);
+// COMMIT (or PREPARE TRANSACTION, COMMIT PREPARED, or the Sync that ends an
+// implicit transaction) of an open transaction: the mirror first, so that a
+// mirror that cannot commit leaves the authoritative transaction to roll back.
+awaitable<bool> ClientSession::mirrorCommit(const Unit& u, int a, int m) {
+  implicitWrite_ = false;
   const bool failClient = rt_->cfg.mirror.onTargetError == config::OnTargetError::kFailClient;
+  const std::size_t expect = u.ready ? 0 : u.expected;
 
   metrics().queriesTotal(sideLabel(m), labels::QueryKind::kWrite).inc();
   Outcome mo;
-  bool sent = co_await sendTo(m, frame);
-  if (sent) sent = co_await pump(m, Sink::kDiscard, mo);
-  if (!sent || !onlyTag(mo.results, expected)) {
+  bool sent = co_await exchange(m, u.bytes, Sink::kDiscard, mo, expect);
+  const bool committed = sent && !mo.error && mo.txStatus == 'I' &&
+                         (u.implicitCommit || onlyTag(mo.results, expectedCommitTag(u.info.tx)));
+  if (!committed) {
     mirrorFailed(m, sent ? MirrorErrorReason::kCommitFailed : MirrorErrorReason::kTargetDown,
                  sent ? "commit answered " + summary(mo.results) : "connection lost");
     if (failClient) {
@@ -535,22 +700,22 @@ awaitable<bool> ClientSession::mirrorCommit(protocol::Bytes frame, int a, int m)
               (sent ? summary(mo.results) : std::string("connection lost")) +
               "; mirror.on_target_error: fail-client)",
           std::string("The transaction was rolled back on the ") + sideName(a) + " too.", ""});
-      co_return co_await finishUnit('I');
+      co_return co_await answer(u.ready, 'I');
     }
   }
   metrics().queriesTotal(sideLabel(a), labels::QueryKind::kWrite).inc();
   Outcome ao;
-  bool answered = co_await exchange(a, frame, Sink::kHold, ao);
+  bool answered = co_await exchange(a, u.bytes, Sink::kHold, ao, expect);
   if (!answered) {
     co_await lockstepLost(a);
     co_return false;
   }
-  if (sent && ao.results != mo.results) {
+  if (sent && (ao.results != mo.results || (ao.error.has_value() != mo.error.has_value()))) {
     // Committed on the mirror only: the one divergence the order cannot
     // prevent (DESIGN hard problem 5; two-phase commit is not built yet).
-    reportDivergence(DivergenceKind::kCommit, sql, ao, mo);
+    reportDivergence(DivergenceKind::kCommit, u.sql, ao, mo);
   }
-  co_return co_await finishUnit(ao.txStatus);
+  co_return co_await answer(u.ready, ao.txStatus);
 }
 
 // ---------------------------------------------------------------------------
@@ -566,17 +731,18 @@ awaitable<bool> ClientSession::sendTo(int idx, protocol::Bytes bytes) {
   co_return !ec;
 }
 
-awaitable<bool> ClientSession::exchange(int idx, protocol::Bytes bytes, Sink sink, Outcome& out) {
+awaitable<bool> ClientSession::exchange(int idx, protocol::Bytes bytes, Sink sink, Outcome& out,
+                                        std::size_t expected) {
   bool sent = co_await sendTo(idx, bytes);
   if (!sent) co_return false;
-  co_return co_await pump(idx, sink, out);
+  co_return co_await pump(idx, sink, out, expected);
 }
 
 awaitable<bool> ClientSession::runOwn(int idx, std::string_view sql, Outcome& out) {
   if (!up_[idx].conn) co_return false;
   std::vector<std::uint8_t> q;
   protocol::encodeQuery(sql, q);
-  bool answered = co_await exchange(idx, q, Sink::kDiscard, out);
+  bool answered = co_await exchange(idx, q, Sink::kDiscard, out, 0);
   if (!answered) {
     closeSide(idx);
     co_return false;
@@ -584,11 +750,12 @@ awaitable<bool> ClientSession::runOwn(int idx, std::string_view sql, Outcome& ou
   co_return !out.error;
 }
 
-awaitable<bool> ClientSession::pump(int idx, Sink sink, Outcome& out) {
+awaitable<bool> ClientSession::pump(int idx, Sink sink, Outcome& out, std::size_t expected) {
   const auto maxLen = static_cast<std::uint32_t>(rt_->cfg.limits.maxMessageBytes);
   Upstream& u = up_[idx];
   if (!u.conn) co_return false;
   const bool toClient = sink == Sink::kStream || sink == Sink::kHold;
+  std::size_t completions = 0;
   while (true) {
     bool done = false, outOfSync = false, copyIn = false;
     std::size_t dropTail = 0;  // the ReadyForQuery or CopyInResponse that ends the chunk
@@ -655,6 +822,21 @@ awaitable<bool> ClientSession::pump(int idx, Sink sink, Outcome& out) {
             (void)machine_.onServerFrame(h.type, body);
             lastFrame = at;
             if (isCompletion(h.type)) lastCompletion = at;
+          }
+          if (expected > 0) {
+            // A batch without Sync: each message's answer ends in one of
+            // these; after an error the server is silent until Sync.
+            if (h.type == 'E') {
+              done = true;
+              return false;
+            }
+            if (h.type == '1' || h.type == '2' || h.type == '3' || h.type == 'n' || h.type == 'T' ||
+                h.type == 'C' || h.type == 'I' || h.type == 's') {
+              if (++completions == expected) {
+                done = true;
+                return false;
+              }
+            }
           }
           return true;
         });
@@ -801,7 +983,7 @@ awaitable<bool> ClientSession::copySessionState(int from, int to, std::string& f
   Outcome state;
   std::vector<std::uint8_t> q;
   protocol::encodeQuery(kSessionStateQuery, q);
-  bool answered = co_await exchange(from, q, Sink::kCollect, state);
+  bool answered = co_await exchange(from, q, Sink::kCollect, state, 0);
   if (!answered) {
     failure = std::string("the ") + sideName(from) + " server went away";
     co_return false;
@@ -810,24 +992,51 @@ awaitable<bool> ClientSession::copySessionState(int from, int to, std::string& f
     failure = "reading the session state failed: " + state.error->message;
     co_return false;
   }
-  std::vector<std::string> statements;
-  for (const auto& row : state.rows) {
-    if (row.empty() || !row[0]) continue;
-    // A multi-statement PREPARE text is listed once per statement it created.
-    if (std::find(statements.begin(), statements.end(), *row[0]) == statements.end()) {
-      statements.push_back(*row[0]);
-    }
-  }
-  if (statements.empty()) co_return true;
+  // One request per item, each ending in ReadyForQuery: a Query, or a
+  // Parse and a Sync.
   std::vector<std::uint8_t> out;
-  for (const auto& s : statements) protocol::encodeQuery(s, out);
+  std::vector<std::string> seen;
+  std::size_t requests = 0;
+  for (const auto& row : state.rows) {
+    if (row.size() < 3 || !row[0] || !row[1]) continue;
+    if (*row[0] == "q") {
+      // A multi-statement PREPARE text is listed once per statement it made.
+      if (std::find(seen.begin(), seen.end(), *row[1]) != seen.end()) continue;
+      seen.push_back(*row[1]);
+      protocol::encodeQuery(*row[1], out);
+    } else {
+      if (!row[2]) continue;
+      const std::string& packed = *row[2];
+      const auto cut = packed.rfind('\x01');
+      if (cut == std::string::npos) continue;
+      std::vector<std::int32_t> oids;
+      std::string_view list(packed.data() + cut + 1, packed.size() - cut - 1);
+      while (!list.empty()) {
+        const auto comma = list.find(',');
+        const std::string_view item = list.substr(0, comma);
+        std::int32_t oid = 0;
+        for (char ch : item) oid = oid * 10 + (ch - '0');
+        oids.push_back(oid);
+        list = comma == std::string_view::npos ? std::string_view{} : list.substr(comma + 1);
+      }
+      protocol::Writer w(out);
+      w.begin('P').cstring(*row[1]).cstring(std::string_view(packed.data(), cut));
+      w.int16(static_cast<std::int16_t>(oids.size()));
+      for (auto oid : oids) w.int32(oid);
+      w.end();
+      protocol::encodeSync(out);
+    }
+    ++requests;
+  }
+  if (requests == 0) co_return true;
   if (!co_await sendTo(to, out)) {
     failure = std::string("the ") + sideName(to) + " server went away";
     co_return false;
   }
-  for (std::size_t i = 0; i < statements.size(); ++i) {
+  for (std::size_t i = 0; i < requests; ++i) {
     Outcome o;
-    if (!co_await pump(to, Sink::kDiscard, o)) {
+    bool answered = co_await pump(to, Sink::kDiscard, o, 0);
+    if (!answered) {
       failure = std::string("the ") + sideName(to) + " server went away";
       co_return false;
     }
@@ -838,7 +1047,7 @@ awaitable<bool> ClientSession::copySessionState(int from, int to, std::string& f
     }
   }
   spdlog::debug("session {}: copied {} session setting(s) and statement(s) to the {}", id_,
-                statements.size(), sideName(to));
+                requests, sideName(to));
   co_return true;
 }
 

@@ -17,22 +17,37 @@ class StatementTracker {
  public:
   using Kind = protocol::StatementKind;
 
+  // What routing needs of a statement (from its classification).
+  struct Info {
+    Kind kind = Kind::kUnknown;
+    protocol::TxControl tx = protocol::TxControl::kNone;
+    bool authoritativeOnly = false;  // cursors, LISTEN/NOTIFY
+    bool copyFrom = false;
+    bool noTransactionBlock = false;
+    bool operator==(const Info&) const = default;
+  };
+  [[nodiscard]] static Info infoOf(const protocol::Classification& c) {
+    return Info{c.kind, c.statements.size() == 1 ? c.txControl : protocol::TxControl::kNone,
+                c.cursor || c.listenNotify, c.copyFrom, c.noTransactionBlock};
+  }
+
   // Bounds the maps: a client that never closes its statements or portals
   // (portals die with their transaction on the server, which the proxy does
   // not try to mirror exactly) cannot grow them without limit. Forgotten
   // entries read as unknown, which is treated as a write: safe.
   static constexpr std::size_t kMaxEntries = 10000;
 
-  void onParse(std::string_view statement, Kind kind) {
+  void onParse(std::string_view statement, Kind kind) { onParse(statement, Info{kind}); }
+  void onParse(std::string_view statement, const Info& info) {
     if (statement.empty()) {
-      unnamedStatement_ = kind;
+      unnamedStatement_ = info;
     } else {
       if (named_.size() >= kMaxEntries) named_.clear();
-      named_[std::string(statement)] = kind;
+      named_[std::string(statement)] = info;
     }
   }
   void onBind(std::string_view portal, std::string_view statement) {
-    Kind k = statementKind(statement);
+    Info k = statementInfo(statement);
     if (portal.empty()) {
       unnamedPortal_ = k;
     } else {
@@ -40,10 +55,11 @@ class StatementTracker {
       portals_[std::string(portal)] = k;
     }
   }
-  [[nodiscard]] Kind onExecute(std::string_view portal) const {
+  [[nodiscard]] Kind onExecute(std::string_view portal) const { return executeInfo(portal).kind; }
+  [[nodiscard]] Info executeInfo(std::string_view portal) const {
     if (portal.empty()) return unnamedPortal_;
     auto it = portals_.find(std::string(portal));
-    return it == portals_.end() ? Kind::kUnknown : it->second;
+    return it == portals_.end() ? Info{} : it->second;
   }
   void onClose(char what, std::string_view name) {
     if (what == 'S' && !name.empty()) named_.erase(std::string(name));
@@ -55,18 +71,18 @@ class StatementTracker {
   [[nodiscard]] std::size_t namedCount() const { return named_.size(); }
 
  private:
-  [[nodiscard]] Kind statementKind(std::string_view statement) const {
+  [[nodiscard]] Info statementInfo(std::string_view statement) const {
     if (statement.empty()) return unnamedStatement_;
     auto it = named_.find(std::string(statement));
     // A statement prepared with SQL PREPARE is not seen here: unknown, which
     // every caller treats as a write.
-    return it == named_.end() ? Kind::kUnknown : it->second;
+    return it == named_.end() ? Info{} : it->second;
   }
 
-  Kind unnamedStatement_ = Kind::kUnknown;
-  Kind unnamedPortal_ = Kind::kUnknown;
-  std::unordered_map<std::string, Kind> named_;
-  std::unordered_map<std::string, Kind> portals_;
+  Info unnamedStatement_;
+  Info unnamedPortal_;
+  std::unordered_map<std::string, Info> named_;
+  std::unordered_map<std::string, Info> portals_;
 };
 
 }  // namespace pghandoff::proxy

@@ -77,6 +77,9 @@ class Mirror : public ::testing::Test {
     return v != v ? 0.0 : v;  // absent = 0
   }
 
+  // pgbench through the phases in one -M mode (below).
+  void underFire(const std::string& mode);
+
   static std::unique_ptr<PgCluster> source_, target_;
   std::unique_ptr<ProxyProcess> proxy_;
 };
@@ -219,17 +222,36 @@ TEST_F(Mirror, AStatementTheTargetRefusesIsRolledBackOnTheSource) {
   expectSame("SELECT string_agg(id || '=' || v, ',' ORDER BY id) FROM items");
 }
 
-TEST_F(Mirror, ExtendedProtocolIsRefusedInMirrorPhasesNotBuiltYet) {
+TEST_F(Mirror, ExtendedProtocolWritesReachBothServers) {
   startProxy();
   PqConn c(proxy_->url());
   ASSERT_TRUE(c.ok()) << c.error();
   flip("mirror");
-  auto r = c.execParams("INSERT INTO items VALUES ($1, 'p')", {"1"});
-  EXPECT_EQ(r.sqlstate, "0A000");
-  EXPECT_NE(r.error.find("not built yet"), std::string::npos) << r.error;
-  EXPECT_EQ(c.execOrThrow("SELECT count(*) FROM items").value(), "0");
-  EXPECT_EQ(c.execOrThrow("INSERT INTO items VALUES (1, 'q')").commandTag, "INSERT 0 1");
-  expectSame("SELECT count(*) FROM items");
+  // Parse/Bind/Describe/Execute/Sync, autocommit and in a block.
+  EXPECT_EQ(c.execParams("INSERT INTO items VALUES ($1, $2)", {"1", "one"}).commandTag,
+            "INSERT 0 1");
+  EXPECT_EQ(c.execParams("UPDATE items SET v = $1 WHERE id = $2", {"ONE", "1"}).commandTag,
+            "UPDATE 1");
+  EXPECT_EQ(c.execParams("BEGIN", {}).commandTag, "BEGIN");
+  EXPECT_EQ(c.execParams("INSERT INTO items VALUES ($1, $2)", {"2", "two"}).commandTag,
+            "INSERT 0 1");
+  EXPECT_EQ(c.execParams("SELECT v FROM items WHERE id = $1", {"2"}).value(), "two");
+  EXPECT_EQ(c.execParams("COMMIT", {}).commandTag, "COMMIT");
+  // A failing Execute: the error, and both unchanged.
+  EXPECT_EQ(c.execParams("INSERT INTO items VALUES ($1, $2)", {"1", "dup"}).sqlstate, "23505");
+  // Named statements (PQprepare) live on both sides.
+  ASSERT_TRUE(c.prepare("ins", "INSERT INTO items VALUES ($1, $2)").ok);
+  EXPECT_EQ(c.execPrepared("ins", {"3", "three"}).commandTag, "INSERT 0 1");
+  EXPECT_EQ(c.execPrepared("ins", {"4", "four"}).commandTag, "INSERT 0 1");
+  ASSERT_TRUE(c.prepare("sel", "SELECT count(*) FROM items WHERE id < $1").ok);
+  EXPECT_EQ(c.execPrepared("sel", {"100"}).value(), "4");
+  flip("mirror-read-target");
+  EXPECT_EQ(c.execPrepared("sel", {"100"}).value(), "4");  // on the target
+  EXPECT_EQ(c.execParams("SELECT side FROM marker WHERE $1 = 1", {"1"}).value(), "target");
+  EXPECT_EQ(c.execPrepared("ins", {"5", "five"}).commandTag, "INSERT 0 1");
+  expectSame("SELECT string_agg(id || '=' || v, ',' ORDER BY id) FROM items");
+  EXPECT_EQ(source_->psql("SELECT count(*) FROM items"), "5");
+  EXPECT_EQ(metric(R"(pghandoff_divergences_total{kind="error"})"), 0.0);
 }
 
 // DESIGN hard problem 4: many sessions on the same rows, in mirror, never
@@ -344,13 +366,13 @@ TEST_F(Mirror, FlipCancelEndsATransactionLeftOpenInMirror) {
   EXPECT_EQ(next.execOrThrow("SELECT side FROM marker").value(), "target");
 }
 
-// "Migration under fire" with pgbench in simple query mode: read-only
+// "Migration under fire" with pgbench in each query mode: read-only
 // clients run all along (through source-only -> mirror too), TPC-B-like
 // writers from the first mirror phase on, while the phases are walked
 // forward every ~1.5 s up to reverse-mirror. No client may fail, and there
 // the two databases must hold the same rows (history without mtime:
 // CURRENT_TIMESTAMP is pinned in step 4).
-TEST_F(Mirror, PgbenchSimpleThroughThePhasesWithoutAClientError) {
+void Mirror::underFire(const std::string& mode) {
   const std::string bin = pgBinDir();
   for (PgCluster* c : {source_.get(), target_.get()}) {
     auto init = run({bin + "/pgbench", "-i", "-q", "-s", "1", "-h", "127.0.0.1", "-p",
@@ -364,7 +386,7 @@ TEST_F(Mirror, PgbenchSimpleThroughThePhasesWithoutAClientError) {
   auto pgbench = [&](std::vector<std::string> extra) {
     std::vector<std::string> argv{bin + "/pgbench",
                                   "-M",
-                                  "simple",
+                                  mode,
                                   "-n",
                                   "-h",
                                   "127.0.0.1",
@@ -407,6 +429,16 @@ TEST_F(Mirror, PgbenchSimpleThroughThePhasesWithoutAClientError) {
   EXPECT_EQ(metric(R"(pghandoff_divergences_total{kind="error"})"), 0.0);
   EXPECT_EQ(metric(R"(pghandoff_divergences_total{kind="command_tag"})"), 0.0);
   EXPECT_EQ(metric(R"(pghandoff_divergences_total{kind="commit"})"), 0.0);
+}
+
+TEST_F(Mirror, PgbenchSimpleThroughThePhasesWithoutAClientError) {
+  underFire("simple");
+}
+TEST_F(Mirror, PgbenchExtendedThroughThePhasesWithoutAClientError) {
+  underFire("extended");
+}
+TEST_F(Mirror, PgbenchPreparedThroughThePhasesWithoutAClientError) {
+  underFire("prepared");
 }
 
 }  // namespace

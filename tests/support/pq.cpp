@@ -72,10 +72,19 @@ PqResult PqConn::exec(const std::string& sql) {
 }
 
 PqResult PqConn::execParams(const std::string& sql, const std::vector<std::string>& params) {
-  return run(sql, &params);
+  return run(sql, &params, Mode::kParams);
 }
 
-PqResult PqConn::run(const std::string& sql, const std::vector<std::string>* params) {
+PqResult PqConn::prepare(const std::string& name, const std::string& sql) {
+  std::vector<std::string> nameAndSql{name, sql};
+  return run(sql, &nameAndSql, Mode::kPrepare);
+}
+
+PqResult PqConn::execPrepared(const std::string& name, const std::vector<std::string>& params) {
+  return run(name, &params, Mode::kPrepared);
+}
+
+PqResult PqConn::run(const std::string& sql, const std::vector<std::string>* params, Mode mode) {
   PqResult out;
   if (!state_) {
     out.status = "NO_CONNECTION";
@@ -83,13 +92,24 @@ PqResult PqConn::run(const std::string& sql, const std::vector<std::string>* par
     return out;
   }
   PGresult* res = nullptr;
-  if (params == nullptr) {
-    res = PQexec(state_->conn, sql.c_str());
-  } else {
-    std::vector<const char*> values;
+  std::vector<const char*> values;
+  if (params != nullptr) {
     for (const auto& p : *params) values.push_back(p.c_str());
-    res = PQexecParams(state_->conn, sql.c_str(), static_cast<int>(values.size()), nullptr,
-                       values.data(), nullptr, nullptr, 0);
+  }
+  const int n = static_cast<int>(values.size());
+  switch (mode) {
+    case Mode::kSimple:
+      res = PQexec(state_->conn, sql.c_str());
+      break;
+    case Mode::kParams:
+      res = PQexecParams(state_->conn, sql.c_str(), n, nullptr, values.data(), nullptr, nullptr, 0);
+      break;
+    case Mode::kPrepare:  // params = {name, sql}
+      res = PQprepare(state_->conn, values.at(0), values.at(1), 0, nullptr);
+      break;
+    case Mode::kPrepared:  // sql = the statement's name
+      res = PQexecPrepared(state_->conn, sql.c_str(), n, values.data(), nullptr, nullptr, 0);
+      break;
   }
   if (res == nullptr) {
     out.status = "NO_RESULT";

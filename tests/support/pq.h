@@ -49,6 +49,10 @@ class PqConn {
   // PQexecParams (the extended query protocol: Parse/Bind/Describe/Execute/
   // Sync), text parameters.
   PqResult execParams(const std::string& sql, const std::vector<std::string>& params);
+  // PQprepare / PQexecPrepared: a named statement (Parse 'name' ... Sync),
+  // then Bind/Execute of it.
+  PqResult prepare(const std::string& name, const std::string& sql);
+  PqResult execPrepared(const std::string& name, const std::vector<std::string>& params);
   // exec() that throws std::runtime_error (message and SQLSTATE) unless ok.
   PqResult execOrThrow(const std::string& sql);
   // NOTICE/WARNING messages received so far (primary text), instead of stderr.
@@ -57,7 +61,9 @@ class PqConn {
   [[nodiscard]] pg_conn* raw() const;
 
  private:
-  PqResult run(const std::string& sql, const std::vector<std::string>* params);
+  enum class Mode { kSimple, kParams, kPrepare, kPrepared };
+  PqResult run(const std::string& sql, const std::vector<std::string>* params,
+               Mode mode = Mode::kSimple);
   struct State;
   std::unique_ptr<State> state_;
 };
