@@ -125,6 +125,9 @@ class ClientSession : public std::enable_shared_from_this<ClientSession> {
     std::optional<protocol::ErrorFields> error;                 // the first ErrorResponse
     std::vector<std::vector<std::optional<std::string>>> rows;  // Sink::kCollect only
     char txStatus = 'I';
+    bool stopAtCopyIn =
+        false;            // in: stop at CopyInResponse (forwarded) instead of failing the COPY
+    bool copyIn = false;  // out: the side waits for COPY data
   };
   enum class Sink : std::uint8_t {
     kStream,   // to the client as it arrives
@@ -159,6 +162,7 @@ class ClientSession : public std::enable_shared_from_this<ClientSession> {
     bool single = true;           // one statement
     bool ready = true;            // ends in ReadyForQuery; else a Flush batch
     bool implicitCommit = false;  // a Sync ending an implicit transaction that wrote
+    bool isQuery = false;         // a simple Query
     std::size_t expected = 0;     // messages the servers answer (a Flush batch)
     std::size_t count = 0;        // statements, for queries_total
   };
@@ -176,6 +180,13 @@ class ClientSession : public std::enable_shared_from_this<ClientSession> {
     bool ready;
   };
   awaitable<bool> failBoth(FailBoth f, std::string why);
+  awaitable<bool> settle(const Unit& u, FailBoth fb, const Outcome& ao, const Outcome& mo,
+                         bool mirrored);
+  // COPY FROM STDIN in a simple Query: the client's data to both sides.
+  awaitable<bool> mirrorCopyIn(const Unit& u, int a, int m);
+  // The client's CopyData up to CopyDone/CopyFail, to the authoritative side
+  // and (while it follows) the mirror. False when the session must end.
+  awaitable<bool> relayCopyData(int a, int m, bool& toMirror);
   // The mirror failed (lost, or an error the authoritative side did not
   // have): mirror.on_target_error decides.
   void mirrorFailed(int m, labels::MirrorErrorReason reason, const std::string& what);

@@ -265,6 +265,7 @@ awaitable<bool> ClientSession::mirrorQuery(protocol::Bytes frame) {
   u.single = scratch_.statements.size() == 1;
   u.executes = true;
   u.count = std::max<std::size_t>(1, scratch_.statements.size());
+  u.isQuery = true;
   co_return co_await runUnit(u);
 }
 
@@ -420,12 +421,22 @@ awaitable<bool> ClientSession::runUnit(const Unit& u) {
       u.info.kind == StatementKind::kRead ? labels::QueryKind::kRead : labels::QueryKind::kWrite;
   const std::size_t expect = u.ready ? 0 : u.expected;
 
-  if (u.info.copyFrom) {
-    holdError(protocol::ErrorFields{"ERROR", sqlstate::kFeatureNotSupported,
-                                    "not built yet: pghandoff does not mirror COPY FROM in phase " +
-                                        std::string(phaseName(p)) + " (issue 3 step 3)",
-                                    "", ""});
-    if (clientTx != 'I' && !co_await failTransaction(a)) {
+  if (u.info.copyFrom && u.isQuery && !registry_.mirrorBroken()) {
+    if (!up_[m].conn && clientTx == 'I') {
+      std::string why;
+      (void)co_await connectSide(m, false, &why);
+    }
+    if (up_[m].conn) co_return co_await mirrorCopyIn(u, a, m);
+  }
+  if (u.info.copyFrom && !u.isQuery) {
+    holdError(protocol::ErrorFields{
+        "ERROR", sqlstate::kFeatureNotSupported,
+        "not built yet: pghandoff mirrors COPY FROM in a simple Query only, in phase " +
+            std::string(phaseName(p)) + " (issue 3 step 3)",
+        "", ""});
+    bool failed = clientTx == 'I';
+    if (!failed) failed = co_await failTransaction(a);
+    if (!failed) {
       co_await lockstepLost(a);
       co_return false;
     }
@@ -488,7 +499,9 @@ awaitable<bool> ClientSession::runUnit(const Unit& u) {
             std::string("pghandoff could not reach the ") + sideName(m) +
                 " server to mirror this statement: " + why,
             "Nothing was executed (mirror.on_target_error: fail-client).", ""});
-        if (clientTx != 'I' && !co_await failTransaction(a)) {
+        bool failed = clientTx == 'I';
+        if (!failed) failed = co_await failTransaction(a);
+        if (!failed) {
           co_await lockstepLost(a);
           co_return false;
         }
@@ -566,8 +579,20 @@ awaitable<bool> ClientSession::runUnit(const Unit& u) {
   if (mirrored && wrapMirror) mirrored = co_await pump(m, Sink::kDiscard, mbegin, 0);
   if (mirrored) mirrored = co_await pump(m, Sink::kDiscard, mo, expect);
 
+  co_return co_await settle(u, FailBoth{a, m, wrap, wrapMirror, clientTx, u.ready}, ao, mo,
+                            mirrored);
+}
+
+// After both sides ran a request: compare, apply the policies, commit (the
+// mirror first) what the proxy wrapped, answer the client.
+awaitable<bool> ClientSession::settle(const Unit& u, FailBoth fb, const Outcome& ao,
+                                      const Outcome& mo, bool mirrored) {
+  const int a = fb.a, m = fb.m;
+  const bool wrap = fb.wrap, wrapMirror = fb.wrapMirror;
+  const char clientTx = fb.clientTx;
   const bool failClient = rt_->cfg.mirror.onTargetError == config::OnTargetError::kFailClient;
-  const FailBoth fb{a, m, wrap, wrapMirror, clientTx, u.ready};
+  const bool failClientOnDivergence =
+      rt_->cfg.mirror.onDivergence == config::OnDivergence::kFailClient;
   if (!mirrored) {
     mirrorFailed(m, MirrorErrorReason::kTargetDown, "connection lost");
     if (failClient && (wrap || clientTx != 'I' || !u.ready)) {
@@ -632,6 +657,134 @@ awaitable<bool> ClientSession::runUnit(const Unit& u) {
     co_return co_await finishUnit('I');
   }
   co_return co_await answer(u.ready, ao.txStatus);
+}
+
+// COPY FROM STDIN (simple Query): the statement starts on the authoritative
+// side, then on the mirror; the client's data goes to both as it comes; the
+// two results ("COPY n") are compared like any statement's.
+awaitable<bool> ClientSession::mirrorCopyIn(const Unit& u, int a, int m) {
+  const char clientTx = machine_.transactionStatus();
+  const bool wrap = clientTx == 'I' && !u.txControl;
+  const bool wrapMirror = wrap && rt_->cfg.mirror.onDivergence == config::OnDivergence::kFailClient;
+  std::vector<std::uint8_t> out;
+  if (wrap) protocol::encodeQuery(kBegin, out);
+  out.insert(out.end(), u.bytes.begin(), u.bytes.end());
+  metrics().queriesTotal(sideLabel(a), labels::QueryKind::kWrite).inc(u.count);
+  Outcome begin, ao;
+  ao.stopAtCopyIn = true;
+  bool answered = co_await sendTo(a, out);
+  if (answered && wrap) answered = co_await pump(a, Sink::kDiscard, begin, 0);
+  if (answered) answered = co_await pump(a, Sink::kHold, ao, 0);
+  if (!answered) {
+    co_await lockstepLost(a);
+    co_return false;
+  }
+  if (!ao.copyIn) {
+    // The COPY did not start (no such table, ...): nothing to mirror.
+    if (wrap) {
+      Outcome rb;
+      bool rolledBack = co_await runOwn(a, kRollback, rb);
+      if (!rolledBack && !up_[a].conn) {
+        co_await lockstepLost(a);
+        co_return false;
+      }
+    }
+    co_return co_await answer(true, wrap ? 'I' : ao.txStatus);
+  }
+  std::vector<std::uint8_t> mirrorOut;
+  if (wrapMirror) protocol::encodeQuery(kBegin, mirrorOut);
+  mirrorOut.insert(mirrorOut.end(), u.bytes.begin(), u.bytes.end());
+  // The client may send its data now. The Query it came in is done with
+  // (the buffer it sits in takes the data next).
+  const std::string sql(u.sql);
+  Unit unit = u;
+  unit.sql = sql;
+  unit.bytes = {};
+  cbuf_.consumeReady();
+  if (!co_await answer(false, 'I')) co_return false;
+
+  metrics().queriesTotal(sideLabel(m), labels::QueryKind::kWrite).inc(u.count);
+  Outcome mbegin, mo;
+  mo.stopAtCopyIn = true;
+  bool mirrored = co_await sendTo(m, mirrorOut);
+  if (mirrored && wrapMirror) mirrored = co_await pump(m, Sink::kDiscard, mbegin, 0);
+  if (mirrored) mirrored = co_await pump(m, Sink::kDiscard, mo, 0);
+  bool toMirror = mirrored && mo.copyIn;
+
+  if (!co_await relayCopyData(a, m, toMirror)) co_return false;
+
+  Outcome aEnd;
+  answered = co_await pump(a, Sink::kHold, aEnd, 0);
+  if (!answered) {
+    co_await lockstepLost(a);
+    co_return false;
+  }
+  aEnd.results.insert(aEnd.results.begin(), ao.results.begin(), ao.results.end());
+  Outcome mEnd = mo;
+  if (toMirror) {
+    mEnd = Outcome{};
+    mirrored = co_await pump(m, Sink::kDiscard, mEnd, 0);
+    mEnd.results.insert(mEnd.results.begin(), mo.results.begin(), mo.results.end());
+  } else if (mirrored && mo.copyIn) {
+    mirrored = false;  // lost while the data was sent
+  }
+  co_return co_await settle(unit, FailBoth{a, m, wrap, wrapMirror, clientTx, true}, aEnd, mEnd,
+                            mirrored);
+}
+
+awaitable<bool> ClientSession::relayCopyData(int a, int m, bool& toMirror) {
+  const auto maxLen = static_cast<std::uint32_t>(rt_->cfg.limits.maxMessageBytes);
+  while (true) {
+    bool end = false;
+    auto res =
+        cbuf_.scan([maxLen](protocol::Bytes b) { return protocol::parseFrontendHeader(b, maxLen); },
+                   [](char) { return false; },
+                   [this, &end](const protocol::FrameHeader& h, protocol::Bytes, bool) {
+                     (void)machine_.onClientFrame(h.type);
+                     // CopyData, and Flush/Sync which the server ignores in COPY; the
+                     // rest ends the COPY (CopyDone, CopyFail; anything else the server
+                     // answers with an error).
+                     if (h.type == 'd' || h.type == 'H' || h.type == 'S') return true;
+                     end = true;
+                     return false;
+                   });
+    if (res.status == RelayBuffer::ScanStatus::kError) {
+      metrics().clientConnectionsRejectedTotal(labels::RejectReason::kProtocol).inc();
+      closing_ = true;
+      co_await closeServerGracefully(false);
+      prepareFatal(sqlstate::kProtocolViolation, "invalid frontend message during COPY");
+      co_await flushError();
+      client_.close();
+      co_return false;
+    }
+    if (cbuf_.hasReady()) {
+      const auto ready = cbuf_.ready();
+      const protocol::Bytes bytes(static_cast<const std::uint8_t*>(ready.data()), ready.size());
+      metrics().bytesTotal(labels::Direction::kClientToServer).inc(bytes.size());
+      if (!co_await sendTo(a, bytes)) {
+        co_await lockstepLost(a);
+        co_return false;
+      }
+      if (toMirror) {
+        bool sent = co_await sendTo(m, bytes);
+        if (!sent) {
+          toMirror = false;
+          mirrorFailed(m, MirrorErrorReason::kTargetDown, "connection lost during COPY");
+        }
+      }
+      cbuf_.consumeReady();
+    }
+    if (end) co_return true;
+    auto [ec, n] = co_await client_.readSome(cbuf_.freeSpace());
+    if (ec) {
+      // The client vanished mid-COPY: ending the server sessions aborts it.
+      spdlog::debug("session {}: client disconnected during COPY", id_);
+      closing_ = true;
+      co_await closeServerGracefully(false);
+      co_return false;
+    }
+    cbuf_.commit(n);
+  }
 }
 
 // Undo on the authoritative side what the mirror could not follow: roll back
@@ -782,7 +935,13 @@ awaitable<bool> ClientSession::pump(int idx, Sink sink, Outcome& out, std::size_
               dropTail = h.total();
               return false;
             }
-            case 'G':  // CopyInResponse: COPY FROM STDIN the classifier did not see
+            case 'G':  // CopyInResponse
+              if (out.stopAtCopyIn) {
+                out.copyIn = true;
+                done = true;
+                break;
+              }
+              // COPY FROM STDIN the classifier did not see: fail it.
               copyIn = true;
               dropTail = h.total();
               return false;
@@ -838,7 +997,7 @@ awaitable<bool> ClientSession::pump(int idx, Sink sink, Outcome& out, std::size_
               }
             }
           }
-          return true;
+          return !done;
         });
     if (res.status == RelayBuffer::ScanStatus::kError || outOfSync) {
       spdlog::error("session {}: lost synchronization with the {}", id_, sideName(idx));

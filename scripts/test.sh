@@ -17,6 +17,12 @@ if ! git ls-files '*.cpp' '*.h' | xargs clang-format-14 --dry-run --Werror; then
   status=1
 fi
 
+echo "== no co_await after && or || (GCC 12 resumes a destroyed coroutine frame)"
+if git ls-files '*.cpp' '*.h' | xargs grep -nE '(&&|\|\|)[[:space:]]*!?[[:space:]]*co_await'; then
+  echo "split the condition: bool ok = co_await f(); if (!ok) ..."
+  status=1
+fi
+
 echo "== release build (-Werror)"
 scripts/build.sh release
 echo "== release: all tests"
