@@ -307,6 +307,7 @@ awaitable<bool> ClientSession::mirrorExtended(bool ready) {
         u.info.authoritativeOnly = u.info.authoritativeOnly || info.authoritativeOnly;
         u.info.copyFrom = u.info.copyFrom || info.copyFrom;
         u.info.noTransactionBlock = u.info.noTransactionBlock || info.noTransactionBlock;
+        u.info.nondeterministic = u.info.nondeterministic || info.nondeterministic;
         if (info.tx != TxControl::kNone) {
           u.txControl = true;
           u.info.tx = info.tx;
@@ -529,6 +530,37 @@ awaitable<bool> ClientSession::runUnit(const Unit& u) {
       co_return false;
     }
     co_return co_await answer(u.ready, ao.txStatus);
+  }
+
+  if (u.info.nondeterministic) {
+    // Values each server would compute for itself (now(), random(), ...):
+    // pinning them is not built yet (issue 3 step 4), so SPEC §2's policy.
+    const auto fp = protocol::fingerprint(u.sql);
+    const std::string id = fp ? *fp : std::string("(unparsable)");
+    if (rt_->cfg.mirror.nondeterministic == config::Nondeterministic::kReject) {
+      metrics().nondeterministicRejectedTotal().inc();
+      spdlog::info("session {}: refused nondeterministic statement {}", id_, id);
+      holdError(protocol::ErrorFields{
+          "ERROR", sqlstate::kFeatureNotSupported,
+          "pghandoff cannot mirror this statement deterministically: it computes values "
+          "(now(), random(), gen_random_uuid(), ...) that would differ between the two servers",
+          "mirror.nondeterministic is reject; the statement ran on neither server.",
+          "Pass the values as literals or parameters, or set mirror.nondeterministic: warn."});
+      bool failed = clientTx == 'I';
+      if (!failed) failed = co_await failTransaction(a);
+      if (!failed) {
+        co_await lockstepLost(a);
+        co_return false;
+      }
+      if (!u.ready) extSkip_ = true;
+      co_return co_await answer(u.ready, clientTx == 'I' ? 'I' : 'E');
+    }
+    if (registry_.firstWarning(id)) {
+      spdlog::warn(
+          "statement {} computes values that may differ between the servers (now(), random(), "
+          "...); mirrored anyway (mirror.nondeterministic: warn); warned once per statement",
+          id);
+    }
   }
 
   const bool wrap =

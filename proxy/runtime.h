@@ -11,6 +11,7 @@
 #include <optional>
 #include <string>
 #include <unordered_map>
+#include <unordered_set>
 #include <vector>
 
 #include "config/config.h"
@@ -60,6 +61,14 @@ class Registry {
   [[nodiscard]] bool mirrorBroken() const { return mirrorBroken_.load(std::memory_order_acquire); }
   void markMirrorBroken() { mirrorBroken_.store(true, std::memory_order_release); }
 
+  // True the first time a statement fingerprint is seen here (bounded: the
+  // set is cleared past 10,000): for warnings logged once per statement.
+  [[nodiscard]] bool firstWarning(const std::string& fingerprint) {
+    std::lock_guard lock(mu_);
+    if (warned_.size() >= 10000) warned_.clear();
+    return warned_.insert(fingerprint).second;
+  }
+
   // Statement classification shared by every session (cached by text).
   protocol::ClassificationCache& classifier() { return classifier_; }
 
@@ -94,6 +103,7 @@ class Registry {
   std::mutex mu_;
   std::unordered_map<const ClientSession*, std::weak_ptr<ClientSession>> sessions_;
   std::unordered_map<std::uint64_t, std::weak_ptr<ClientSession>> byKey_;
+  std::unordered_set<std::string> warned_;  // under mu_
 };
 
 }  // namespace pghandoff::proxy

@@ -24,11 +24,16 @@ class StatementTracker {
     bool authoritativeOnly = false;  // cursors, LISTEN/NOTIFY
     bool copyFrom = false;
     bool noTransactionBlock = false;
+    bool nondeterministic = false;  // now(), random(), gen_random_uuid(), ...
     bool operator==(const Info&) const = default;
   };
   [[nodiscard]] static Info infoOf(const protocol::Classification& c) {
-    return Info{c.kind, c.statements.size() == 1 ? c.txControl : protocol::TxControl::kNone,
-                c.cursor || c.listenNotify, c.copyFrom, c.noTransactionBlock};
+    return Info{c.kind,
+                c.statements.size() == 1 ? c.txControl : protocol::TxControl::kNone,
+                c.cursor || c.listenNotify,
+                c.copyFrom,
+                c.noTransactionBlock,
+                c.hasNondeterministic};
   }
 
   // Bounds the maps: a client that never closes its statements or portals
