@@ -294,9 +294,26 @@ std::string ProxyServer::statusJson() {
     << ",\"connections\":{\"clients\":" << metrics().clientConnections().value()
     << ",\"source\":" << metrics().serverConnections(labels::Side::kSource).value()
     << ",\"target\":" << metrics().serverConnections(labels::Side::kTarget).value() << "}"
-    << ",\"source\":\"" << jsonEscape(config::describe(rt->source)) << "\""
-    << ",\"mirror\":{\"state\":\"off\",\"lag_seconds\":null,\"queue_transactions\":0}"
-    << ",\"divergences\":0,\"sessions\":[";
+    << ",\"source\":\"" << jsonEscape(config::describe(rt->source)) << "\"";
+  if (rt->target) o << ",\"target\":\"" << jsonEscape(config::describe(*rt->target)) << "\"";
+  // The mirror: off in the phases that write one server; sync (no lag, no
+  // queue: a write is acknowledged once both have it) while mirroring;
+  // broken once mirror.on_target_error: degrade (or on_divergence:
+  // pause-mirroring) gave up on it.
+  const Phase now = phases_->current();
+  const char* mirrorState = registry_.mirrorBroken() ? "broken" : writesBoth(now) ? "sync" : "off";
+  std::uint64_t divergences = 0, mirrorErrors = 0;
+  for (std::size_t k = 0; k < labels::DivergenceKindDim::kValues.size(); ++k) {
+    divergences += metrics().divergencesTotal(static_cast<labels::DivergenceKind>(k)).value();
+  }
+  for (std::size_t k = 0; k < labels::MirrorErrorReasonDim::kValues.size(); ++k) {
+    mirrorErrors += metrics().mirrorErrorsTotal(static_cast<labels::MirrorErrorReason>(k)).value();
+  }
+  o << ",\"mirror\":{\"state\":\"" << mirrorState
+    << "\",\"lag_seconds\":" << (writesBoth(now) && !registry_.mirrorBroken() ? "0" : "null")
+    << ",\"queue_transactions\":0,\"errors\":" << mirrorErrors
+    << ",\"nondeterministic_rejected\":" << metrics().nondeterministicRejectedTotal().value()
+    << "},\"divergences\":" << divergences << ",\"sessions\":[";
   std::size_t shown = 0;
   for (auto& s : sessions) {
     if (shown == 1000) break;

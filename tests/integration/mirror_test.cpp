@@ -140,6 +140,13 @@ TEST_F(Mirror, WritesInEveryFormReachBothServersAndReadsFollowThePhase) {
             0.0);
   EXPECT_GT(metric(R"(pghandoff_queries_total{side="target",kind="write"})"), 10.0);
   EXPECT_EQ(metric(R"(pghandoff_server_connections{side="target"})"), 1.0);
+  auto status = proxy_->http("GET", "/status");
+  EXPECT_NE(status.body.find(R"("mirror":{"state":"sync","lag_seconds":0)"), std::string::npos)
+      << status.body;
+  EXPECT_NE(status.body.find(R"("divergences":0)"), std::string::npos) << status.body;
+  EXPECT_NE(status.body.find(R"("connections":{"clients":1,"source":1,"target":1})"),
+            std::string::npos)
+      << status.body;
 
   // Reads follow the phase; writes still reach both.
   flip("mirror-read-target");
@@ -192,6 +199,7 @@ TEST_F(Mirror, DifferentRowCountsAreCountedAsDivergences) {
   EXPECT_EQ(c.execOrThrow("UPDATE items SET v = 'x' WHERE id = 1").commandTag, "UPDATE 1");
   EXPECT_EQ(metric(R"(pghandoff_divergences_total{kind="row_count"})"), 1.0);
   EXPECT_NE(proxy_->log().find("divergence (row_count) on statement"), std::string::npos);
+  EXPECT_NE(proxy_->http("GET", "/status").body.find(R"("divergences":1)"), std::string::npos);
   // The statement's literal never reaches the log, only its fingerprint.
   EXPECT_EQ(proxy_->log().find("only on the source"), std::string::npos);
   EXPECT_EQ(proxy_->log().find("SET v = 'x'"), std::string::npos);
@@ -342,6 +350,8 @@ TEST_F(Mirror, TargetDownUnderDegradeGoesOnWithTheSourceAlone) {
   EXPECT_EQ(source_->psql("SELECT count(*) FROM items"), "3");
   EXPECT_EQ(metric(R"(pghandoff_mirror_errors_total{reason="target_down"})"), 1.0);
   EXPECT_NE(proxy_->log().find("mirror broken"), std::string::npos);
+  auto status = proxy_->http("GET", "/status");
+  EXPECT_NE(status.body.find(R"("mirror":{"state":"broken")"), std::string::npos) << status.body;
   target_->start();
   EXPECT_EQ(target_->psql("SELECT count(*) FROM items"), "1");
 }
