@@ -83,10 +83,10 @@ reinit() {  # both servers get the same pgbench -i -s 10 data (it is determinist
 }
 # same: do the two servers hold the same rows (history with its mtime)?
 same() {
-  local q="SELECT md5(string_agg(aid||':'||abalance, ',' ORDER BY aid)) FROM pgbench_accounts
-           UNION ALL SELECT md5(string_agg(tid||':'||tbalance, ',' ORDER BY tid)) FROM pgbench_tellers
-           UNION ALL SELECT md5(string_agg(bid||':'||bbalance, ',' ORDER BY bid)) FROM pgbench_branches
-           UNION ALL SELECT md5(string_agg(tid||':'||bid||':'||aid||':'||delta, ',' ORDER BY tid,bid,aid,delta)) FROM pgbench_history"
+  local q="SELECT v FROM (SELECT 1 k, md5(string_agg(aid||':'||abalance, ',' ORDER BY aid)) v FROM pgbench_accounts
+           UNION ALL SELECT 2, md5(string_agg(tid||':'||tbalance, ',' ORDER BY tid)) FROM pgbench_tellers
+           UNION ALL SELECT 3, md5(string_agg(bid||':'||bbalance, ',' ORDER BY bid)) FROM pgbench_branches
+           UNION ALL SELECT 4, md5(string_agg(tid||':'||bid||':'||aid||':'||delta, ',' ORDER BY tid,bid,aid,delta)) FROM pgbench_history) s ORDER BY k"
   local qt="SELECT md5(string_agg(tid||':'||bid||':'||aid||':'||delta||':'||mtime, ',' ORDER BY tid,bid,aid,delta,mtime)) FROM pgbench_history"
   local a b at bt
   a=$("$PGBIN/psql" -X -At -h 127.0.0.1 -p "$sport" -U postgres -c "$q")

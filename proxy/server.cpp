@@ -143,6 +143,12 @@ int ProxyServer::run() {
   auto rt = runtime();
   spdlog::info("pghandoff {} listening on {} (source {}), {} worker threads", PGHANDOFF_VERSION,
                config::toString(rt->cfg.listen), config::describe(rt->source), workerIo_.size());
+  if (rt->cfg.mirror.mode == config::MirrorMode::kAsync) {
+    spdlog::warn("not built yet: mirror.mode async; mirroring runs in sync mode");
+  }
+  if (rt->cfg.mirror.twoPhaseCommit) {
+    spdlog::warn("not built yet: mirror.two_phase_commit; commits use the mirror-first order");
+  }
   mainIo_.run();
   // Let the cancelled accept (and anything else already completed) finish
   // its coroutine before the contexts go away.

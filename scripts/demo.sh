@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
-# The README's main command. Today (issue 2, pass-through): starts two
-# throwaway PostgreSQL 15 servers (source and target), pghandoff in front of
-# the source in phase source-only, runs pgbench through it for a few seconds,
-# prints what the proxy's /metrics counted, and stops everything.
-# The full migration demo (seed, mirror, verify, flips) arrives with issue 4.
+# The README's main command: a migration on two throwaway PostgreSQL 15
+# servers (source and target) with pgbench writing through pghandoff the whole
+# time it is allowed to: source-only, a seed of the target, then mirror ->
+# mirror-read-target -> reverse-mirror under load, the two databases compared
+# row by row, target-only, and what the proxy counted.
+# `pghandoff seed` and `verify` are issue 4: until then the demo seeds with
+# pg_dump | pg_restore while no client writes, and compares with psql.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [ "$(id -u)" = 0 ] && scripts/install-deps.sh
@@ -50,6 +52,7 @@ target: { url: "postgres://postgres:\${SOURCE_PASSWORD}@127.0.0.1:$tport/postgre
 client_tls: { mode: disable }
 auth: { method: scram-sha-256, users: [{ name: app, password: "\${APP_PASSWORD}" }] }
 admin: { listen: 127.0.0.1:$aport, token: "\${PGHANDOFF_ADMIN_TOKEN}" }
+mirror: { nondeterministic: warn }   # pgbench's CURRENT_TIMESTAMP (pinning it: issue 3 step 4)
 state: { dir: $work/state }
 log: { level: info, format: text }
 YAML
@@ -61,18 +64,64 @@ for _ in $(seq 100); do
   curl -sf "http://127.0.0.1:$aport/healthz" >/dev/null 2>&1 && break
   sleep 0.1
 done
+phase() {  # phase NAME: flip and print the reply (with the pause the clients saw)
+  printf '   phase %-19s -> ' "$1"
+  curl -s -H "Authorization: Bearer $token" -X POST -d "{\"phase\":\"$1\"}" \
+    "http://127.0.0.1:$aport/phase"
+  echo
+}
+bench() {  # bench MODE SECONDS
+  PGPASSWORD="$app_pw" "$PGBIN/pgbench" -n -M "$1" -c 8 -j 2 -T "$2" \
+    -h 127.0.0.1 -p "$pport" -U app postgres 2>&1 | grep -E '^tps|latency average|failed trans'
+}
+sql() {  # sql PORT QUERY
+  PGPASSWORD="$src_pw" "$PGBIN/psql" -X -At -h 127.0.0.1 -p "$1" -U postgres -d postgres -c "$2"
+}
 
-for mode in simple extended prepared; do
-  echo "== pgbench through pghandoff: TPC-B-like, -M $mode, 8 clients, ${SECONDS_TO_RUN}s"
-  PGPASSWORD="$app_pw" "$PGBIN/pgbench" -n -M "$mode" -c 8 -j 2 -T "$SECONDS_TO_RUN" \
-    -h 127.0.0.1 -p "$pport" -U app postgres 2>&1 | grep -E 'tps|latency average|failed'
-done
+echo "== 1. source-only: pgbench through pghandoff (TPC-B-like, -M prepared, 8 clients, ${SECONDS_TO_RUN}s)"
+bench prepared "$SECONDS_TO_RUN"
+
+echo "== 2. seeding the target (pg_dump | pg_restore while no client writes; pghandoff seed is issue 4)"
+PGPASSWORD="$src_pw" "$PGBIN/pg_dump" -Fc -h 127.0.0.1 -p "$sport" -U postgres postgres > "$work/dump"
+PGPASSWORD="$src_pw" "$PGBIN/pg_restore" --no-owner --no-acl -h 127.0.0.1 -p "$tport" -U postgres \
+  -d postgres "$work/dump"
+
+echo "== 3. mirror at once (writes made between the seed and this flip would reach the source only)"
+phase mirror
+echo "== 4. the phases under load: pgbench -M prepared for $((SECONDS_TO_RUN * 3))s while flipping"
+bench prepared $((SECONDS_TO_RUN * 3)) > "$work/bench.out" &
+bench_pid=$!
+sleep "$SECONDS_TO_RUN"
+phase mirror-read-target
+sleep "$SECONDS_TO_RUN"
+phase reverse-mirror
+wait "$bench_pid"
+cat "$work/bench.out"
+
+echo "== 5. are the two databases the same? (row checksums; history without mtime, see below)"
+q="SELECT v FROM (SELECT 1 k, md5(string_agg(aid||':'||abalance, ',' ORDER BY aid)) v FROM pgbench_accounts"
+q="$q UNION ALL SELECT 2, md5(string_agg(tid||':'||tbalance, ',' ORDER BY tid)) FROM pgbench_tellers"
+q="$q UNION ALL SELECT 3, md5(string_agg(bid||':'||bbalance, ',' ORDER BY bid)) FROM pgbench_branches"
+q="$q UNION ALL SELECT 4, count(*)||' history rows '||md5(string_agg(tid||':'||bid||':'||aid||':'||delta, ',' ORDER BY tid,bid,aid,delta)) FROM pgbench_history) s ORDER BY k"
+src_sum=$(sql "$sport" "$q"); tgt_sum=$(sql "$tport" "$q")
+echo "   source: $(echo "$src_sum" | tr '\n' ' ')"
+echo "   target: $(echo "$tgt_sum" | tr '\n' ' ')"
+if [ "$src_sum" = "$tgt_sum" ]; then echo "   IDENTICAL"; else echo "   DIFFERENT"; fi
+echo "   (pgbench's history.mtime is CURRENT_TIMESTAMP: pinning such values is not built yet, so this"
+echo "    demo runs with mirror.nondeterministic: warn and each server stamped its own time)"
+
+echo "== 6. target-only: the source gets no more writes"
+phase target-only
+before=$(sql "$sport" "SELECT count(*) FROM pgbench_history")
+bench prepared 2
+echo "   history rows: source $(sql "$sport" "SELECT count(*) FROM pgbench_history") (was $before)," \
+  "target $(sql "$tport" "SELECT count(*) FROM pgbench_history")"
 
 echo "== what pghandoff counted (/metrics, non-zero series)"
 curl -s -H "Authorization: Bearer $token" "http://127.0.0.1:$aport/metrics" |
   grep -vE '^#|_bucket' | awk '$NF != "0"'
 echo "== pghandoff status"
-PGHANDOFF_ADMIN_TOKEN="$token" "$BIN" status --admin "http://127.0.0.1:$aport" | head -c 600; echo
+PGHANDOFF_ADMIN_TOKEN="$token" "$BIN" status --admin "http://127.0.0.1:$aport" | head -c 900; echo
 echo "== stopping (SIGTERM: graceful)"
 kill -TERM "$proxy_pid"; wait "$proxy_pid" || true; proxy_pid=""
 tail -3 "$work/proxy.log"
