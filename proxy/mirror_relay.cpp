@@ -19,11 +19,20 @@
 // fails; on the mirror it is wrapped too when mirror.on_divergence is
 // fail-client (else it commits by itself, which is the mirror-first commit).
 //
-// Not built yet (issue 3 steps 3-5): the extended query protocol and COPY
-// FROM STDIN in these phases (answered with 0A000), deterministic values
-// (now(), sequences, ...: SPEC §2), notifications arriving while a session is
-// idle are delivered with its next answer, two-phase commit.
+// Per-server values (SPEC §2): transaction-time values (now(),
+// CURRENT_TIMESTAMP, CURRENT_DATE, 'now'::date, ...) in a simple Query are
+// pinned to the authoritative side's value; whatever else the text computes
+// per server (random(), uuids, clock time, nextval, and time through the
+// extended protocol) follows mirror.nondeterministic (reject | warn).
+//
+// Not built yet (issue 3, next steps): pinning beyond transaction time;
+// column defaults and triggers (invisible in the text, NOT detected);
+// COPY FROM through the extended protocol (0A000); two-phase commit; async
+// mode. Notifications arriving while a session is idle are delivered with its
+// next answer.
 #include <spdlog/spdlog.h>
+
+#include <algorithm>
 
 #include "protocol/frame.h"
 #include "protocol/frontend.h"
@@ -52,6 +61,10 @@ constexpr std::size_t kNone = static_cast<std::size_t>(-1);
 constexpr std::string_view kRollback = "ROLLBACK";
 constexpr std::string_view kCommit = "COMMIT";
 constexpr std::string_view kBegin = "BEGIN";
+// The authoritative transaction's timestamp, in ISO form with its offset, so
+// that the mirror parses it back to the same instant whatever its DateStyle.
+constexpr std::string_view kPinTimeQuery =
+    "SELECT pg_catalog.to_char(pg_catalog.now(), 'YYYY-MM-DD HH24:MI:SS.US TZH:TZM')";
 // Puts a transaction in the failed state (any error does).
 constexpr std::string_view kFailTransaction = "SELECT 1/0 -- pghandoff: the mirror failed";
 
@@ -532,9 +545,32 @@ awaitable<bool> ClientSession::runUnit(const Unit& u) {
     co_return co_await answer(u.ready, ao.txStatus);
   }
 
-  if (u.info.nondeterministic) {
-    // Values each server would compute for itself (now(), random(), ...):
-    // pinning them is not built yet (issue 3 step 4), so SPEC §2's policy.
+  const bool wrap =
+      u.ready && clientTx == 'I' && !u.txControl && !u.info.noTransactionBlock &&
+      (u.info.kind == StatementKind::kWrite || u.info.kind == StatementKind::kUnknown);
+  const bool failClientOnDivergence =
+      rt_->cfg.mirror.onDivergence == config::OnDivergence::kFailClient;
+  const bool wrapMirror = wrap && failClientOnDivergence;
+
+  // Transaction-time values (now(), CURRENT_TIMESTAMP, CURRENT_DATE, 'now'::date,
+  // ...) in a simple Query whose transaction stays open after it: pinned to the
+  // authoritative side's value, read there right after the statement in the
+  // same transaction (so it is the value the statement used), and written into
+  // the mirror's copy of the text as literals of the same types.
+  bool pinTime = false;
+  protocol::DeterminismAnalysis det;
+  if (u.info.nondeterministic && u.isQuery && !u.txControl && (wrap || clientTx == 'T')) {
+    det = protocol::analyzeDeterminism(u.sql);
+    pinTime = det.parsed && det.unsupported.empty() && !det.calls.empty() &&
+              std::all_of(det.calls.begin(), det.calls.end(), [](const protocol::VolatileCall& c) {
+                return c.kind == protocol::VolatileCall::Kind::kTransactionTime &&
+                       c.function != "age" && (c.function[0] != '\'' || c.function == "'now'");
+              });
+  }
+  if (u.info.nondeterministic && !pinTime) {
+    // Values each server would compute for itself (random(), clock time,
+    // sequences, ... or time in a statement that cannot be pinned): SPEC §2's
+    // policy.
     const auto fp = protocol::fingerprint(u.sql);
     const std::string id = fp ? *fp : std::string("(unparsable)");
     if (rt_->cfg.mirror.nondeterministic == config::Nondeterministic::kReject) {
@@ -563,23 +599,18 @@ awaitable<bool> ClientSession::runUnit(const Unit& u) {
     }
   }
 
-  const bool wrap =
-      u.ready && clientTx == 'I' && !u.txControl && !u.info.noTransactionBlock &&
-      (u.info.kind == StatementKind::kWrite || u.info.kind == StatementKind::kUnknown);
-  const bool failClientOnDivergence =
-      rt_->cfg.mirror.onDivergence == config::OnDivergence::kFailClient;
-  const bool wrapMirror = wrap && failClientOnDivergence;
-
   // 1. The authoritative side.
   std::vector<std::uint8_t> out;
   if (wrap) protocol::encodeQuery(kBegin, out);
   out.insert(out.end(), u.bytes.begin(), u.bytes.end());
+  if (pinTime) protocol::encodeQuery(kPinTimeQuery, out);
   if (u.count > 0) metrics().queriesTotal(sideLabel(a), kind).inc(u.count);
-  Outcome begin, ao;
+  Outcome begin, ao, pinned;
   // (No co_await inside || or &&: GCC 12 miscompiles it.)
   bool answered = co_await sendTo(a, out);
   if (answered && wrap) answered = co_await pump(a, Sink::kDiscard, begin, 0);
   if (answered) answered = co_await pump(a, Sink::kHold, ao, expect);
+  if (answered && pinTime) answered = co_await pump(a, Sink::kCollect, pinned, 0);
   if (!answered) {
     co_await lockstepLost(a);
     co_return false;
@@ -601,10 +632,28 @@ awaitable<bool> ClientSession::runUnit(const Unit& u) {
   }
   if (!u.ready && clientTx == 'I') implicitWrite_ = true;
 
-  // 2. The mirror, with the same bytes.
+  // 2. The mirror, with the same bytes (or the text with pinned values).
   out.clear();
   if (wrapMirror) protocol::encodeQuery(kBegin, out);
-  out.insert(out.end(), u.bytes.begin(), u.bytes.end());
+  std::optional<std::string> rewritten;
+  if (pinTime && !pinned.error && pinned.rows.size() == 1 && pinned.rows[0].size() == 1 &&
+      pinned.rows[0][0]) {
+    const std::string& value = *pinned.rows[0][0];
+    std::vector<protocol::Replacement> reps;
+    for (const auto& c : det.calls) {
+      reps.push_back({c.begin, c.end,
+                      c.function[0] == '\'' ? "'" + value + "'" : "'" + value + "'::" + c.type});
+    }
+    rewritten = protocol::substitute(u.sql, std::move(reps));
+  }
+  if (rewritten) {
+    protocol::encodeQuery(*rewritten, out);
+  } else {
+    if (pinTime) {
+      spdlog::warn("session {}: could not pin the time values of a statement; mirrored as is", id_);
+    }
+    out.insert(out.end(), u.bytes.begin(), u.bytes.end());
+  }
   if (u.count > 0) metrics().queriesTotal(sideLabel(m), kind).inc(u.count);
   Outcome mbegin, mo;
   bool mirrored = co_await sendTo(m, out);
