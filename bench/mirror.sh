@@ -117,9 +117,8 @@ client_tls: { mode: disable }
 auth: { method: trust, users: [{ name: postgres, password: unused }] }
 admin: { listen: 127.0.0.1:$aport, token: "\${PGHANDOFF_ADMIN_TOKEN}" }
 # pgbench's history insert calls CURRENT_TIMESTAMP: pinned to the source's
-# value in a simple Query; through the extended protocol not yet (issue 3
-# step 4), so then mirrored with a warning instead of refused.
-mirror: { nondeterministic: $([ "$MODE" = simple ] && echo reject || echo warn) }
+# value, so the default policy (reject) has nothing to refuse.
+mirror: { nondeterministic: reject }
 state: { dir: $work/state }
 log: { level: warn, format: text }
 threads: ${BENCH_THREADS:-2}

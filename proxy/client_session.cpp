@@ -665,6 +665,7 @@ void ClientSession::trackStatement(char type, protocol::Bytes body, bool whole) 
       if (auto p = protocol::decodeParseBody(body)) {
         (void)classify(p->query);
         statements_.onParse(p->statement, StatementTracker::infoOf(scratch_));
+        if (scratch_.hasNondeterministic && whole) statements_.rememberParse(p->statement, body);
       }
       break;
     case 'B':

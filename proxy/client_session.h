@@ -14,6 +14,7 @@
 
 #include "protocol/backend.h"
 #include "protocol/error.h"
+#include "protocol/sql_determinism.h"
 #include "protocol/startup.h"
 #include "proxy/asio.h"
 #include "proxy/metrics.h"
@@ -165,7 +166,18 @@ class ClientSession : public std::enable_shared_from_this<ClientSession> {
     bool isQuery = false;         // a simple Query
     std::size_t expected = 0;     // messages the servers answer (a Flush batch)
     std::size_t count = 0;        // statements, for queries_total
+    // Extended protocol: where transaction-time values can be pinned for the
+    // mirror (a Bind in this request of a statement whose text has them).
+    struct PinSite {
+      std::size_t bindFrame;                   // index in unitFrames_
+      const std::vector<std::uint8_t>* parse;  // the statement's Parse body
+      protocol::DeterminismAnalysis det;       // of its query
+    };
+    std::vector<PinSite> pinSites;
+    bool extPinnable = false;  // every nondeterministic Execute has a PinSite
   };
+  // The mirror's copy of an extended request with the pinned values.
+  [[nodiscard]] std::vector<std::uint8_t> pinnedExtended(const Unit& u, const std::string& value);
   awaitable<bool> mirrorQuery(protocol::Bytes frame);
   awaitable<bool> mirrorExtended(bool ready);
   awaitable<bool> runUnit(const Unit& u);

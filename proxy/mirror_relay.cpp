@@ -20,10 +20,10 @@
 // fail-client (else it commits by itself, which is the mirror-first commit).
 //
 // Per-server values (SPEC §2): transaction-time values (now(),
-// CURRENT_TIMESTAMP, CURRENT_DATE, 'now'::date, ...) in a simple Query are
-// pinned to the authoritative side's value; whatever else the text computes
-// per server (random(), uuids, clock time, nextval, and time through the
-// extended protocol) follows mirror.nondeterministic (reject | warn).
+// CURRENT_TIMESTAMP, CURRENT_DATE, 'now'::date, ...) are pinned to the
+// authoritative side's value (simple Query and extended protocol); whatever
+// else the text computes per server (random(), uuids, clock time, nextval)
+// follows mirror.nondeterministic (reject | warn).
 //
 // Not built yet (issue 3, next steps): pinning beyond transaction time;
 // column defaults and triggers (invisible in the text, NOT detected);
@@ -70,6 +70,27 @@ constexpr std::string_view kFailTransaction = "SELECT 1/0 -- pghandoff: the mirr
 
 bool onlyTag(const std::vector<std::string>& results, std::string_view tag) {
   return results.size() == 1 && results[0] == tag;
+}
+
+// Only transaction-time values (the same all through a transaction) can be
+// pinned after the fact, from the authoritative side's transaction.
+bool timePinnable(const protocol::DeterminismAnalysis& det) {
+  return det.parsed && det.unsupported.empty() && !det.calls.empty() &&
+         std::all_of(det.calls.begin(), det.calls.end(), [](const protocol::VolatileCall& c) {
+           return c.kind == protocol::VolatileCall::Kind::kTransactionTime && c.function != "age" &&
+                  (c.function[0] != '\'' || c.function == "'now'");
+         });
+}
+
+// Each call replaced by the pinned value as a literal of the call's type.
+std::optional<std::string> pinText(std::string_view sql, const protocol::DeterminismAnalysis& det,
+                                   const std::string& value) {
+  std::vector<protocol::Replacement> reps;
+  for (const auto& c : det.calls) {
+    reps.push_back(
+        {c.begin, c.end, c.function[0] == '\'' ? "'" + value + "'" : "'" + value + "'::" + c.type});
+  }
+  return protocol::substitute(sql, std::move(reps));
 }
 
 bool isCompletion(char t) {
@@ -287,8 +308,10 @@ awaitable<bool> ClientSession::mirrorExtended(bool ready) {
   u.bytes = unit_;
   u.ready = ready;
   u.info.kind = StatementKind::kRead;
-  std::size_t executes = 0;
-  for (const FrameRef& f : unitFrames_) {
+  std::size_t executes = 0, pinnableExecutes = 0, nondeterministicExecutes = 0;
+  std::vector<std::pair<std::string_view, std::size_t>> binds;  // portal -> Bind frame index
+  for (std::size_t fi = 0; fi < unitFrames_.size(); ++fi) {
+    const FrameRef& f = unitFrames_[fi];
     const protocol::Bytes whole(unit_.data() + f.offset, f.length);
     const protocol::Bytes body = whole.subspan(5);
     switch (f.type) {
@@ -296,6 +319,7 @@ awaitable<bool> ClientSession::mirrorExtended(bool ready) {
         if (auto pm = protocol::decodeParseBody(body)) {
           registry_.classifier().get(pm->query, scratch_);
           statements_.onParse(pm->statement, StatementTracker::infoOf(scratch_));
+          if (scratch_.hasNondeterministic) statements_.rememberParse(pm->statement, body);
           if (u.sql.empty()) u.sql = pm->query;
         }
         u.sessionPart.insert(u.sessionPart.end(), whole.begin(), whole.end());
@@ -306,6 +330,7 @@ awaitable<bool> ClientSession::mirrorExtended(bool ready) {
       case 'B':
         if (auto b = protocol::decodeBindNames(body)) {
           statements_.onBind(b->portal, b->statement);
+          binds.emplace_back(b->portal, fi);
         } else {
           statements_.onBind("", "\x01unknown");
         }
@@ -316,6 +341,26 @@ awaitable<bool> ClientSession::mirrorExtended(bool ready) {
         StatementTracker::Info info =
             portal ? statements_.executeInfo(*portal) : StatementTracker::Info{};
         ++executes;
+        if (info.nondeterministic) {
+          ++nondeterministicExecutes;
+          // Pinnable when the portal was bound in this request to a statement
+          // whose text has transaction-time values only.
+          for (auto it = binds.rbegin(); portal && it != binds.rend(); ++it) {
+            if (it->first != *portal) continue;
+            const FrameRef& bf = unitFrames_[it->second];
+            auto bn = protocol::decodeBindNames(
+                protocol::Bytes(unit_.data() + bf.offset + 5, bf.length - 5));
+            const auto* parse = bn ? statements_.parseOf(bn->statement) : nullptr;
+            auto pm = parse ? protocol::decodeParseBody(*parse) : std::nullopt;
+            if (!pm) break;
+            Unit::PinSite site{it->second, parse, protocol::analyzeDeterminism(pm->query)};
+            if (timePinnable(site.det)) {
+              u.pinSites.push_back(std::move(site));
+              ++pinnableExecutes;
+            }
+            break;
+          }
+        }
         u.info.kind = protocol::strongest(u.info.kind, info.kind);
         u.info.authoritativeOnly = u.info.authoritativeOnly || info.authoritativeOnly;
         u.info.copyFrom = u.info.copyFrom || info.copyFrom;
@@ -349,6 +394,7 @@ awaitable<bool> ClientSession::mirrorExtended(bool ready) {
         break;
     }
   }
+  u.extPinnable = nondeterministicExecutes > 0 && pinnableExecutes == nondeterministicExecutes;
   u.executes = executes > 0;
   u.single = executes <= 1;
   u.count = executes;
@@ -559,13 +605,13 @@ awaitable<bool> ClientSession::runUnit(const Unit& u) {
   // the mirror's copy of the text as literals of the same types.
   bool pinTime = false;
   protocol::DeterminismAnalysis det;
-  if (u.info.nondeterministic && u.isQuery && !u.txControl && (wrap || clientTx == 'T')) {
-    det = protocol::analyzeDeterminism(u.sql);
-    pinTime = det.parsed && det.unsupported.empty() && !det.calls.empty() &&
-              std::all_of(det.calls.begin(), det.calls.end(), [](const protocol::VolatileCall& c) {
-                return c.kind == protocol::VolatileCall::Kind::kTransactionTime &&
-                       c.function != "age" && (c.function[0] != '\'' || c.function == "'now'");
-              });
+  if (u.info.nondeterministic && u.ready && !u.txControl && (wrap || clientTx == 'T')) {
+    if (u.isQuery) {
+      det = protocol::analyzeDeterminism(u.sql);
+      pinTime = timePinnable(det);
+    } else {
+      pinTime = u.extPinnable;
+    }
   }
   if (u.info.nondeterministic && !pinTime) {
     // Values each server would compute for itself (random(), clock time,
@@ -639,15 +685,20 @@ awaitable<bool> ClientSession::runUnit(const Unit& u) {
   if (pinTime && !pinned.error && pinned.rows.size() == 1 && pinned.rows[0].size() == 1 &&
       pinned.rows[0][0]) {
     const std::string& value = *pinned.rows[0][0];
-    std::vector<protocol::Replacement> reps;
-    for (const auto& c : det.calls) {
-      reps.push_back({c.begin, c.end,
-                      c.function[0] == '\'' ? "'" + value + "'" : "'" + value + "'::" + c.type});
+    if (u.isQuery) {
+      rewritten = pinText(u.sql, det, value);
+    } else {
+      auto ext = pinnedExtended(u, value);
+      if (!ext.empty()) {
+        rewritten = std::string();  // marks success; the frames are in ext
+        out.insert(out.end(), ext.begin(), ext.end());
+      }
     }
-    rewritten = protocol::substitute(u.sql, std::move(reps));
   }
-  if (rewritten) {
+  if (rewritten && u.isQuery) {
     protocol::encodeQuery(*rewritten, out);
+  } else if (rewritten) {
+    // the extended frames are in `out` already
   } else {
     if (pinTime) {
       spdlog::warn("session {}: could not pin the time values of a statement; mirrored as is", id_);
@@ -738,6 +789,54 @@ awaitable<bool> ClientSession::settle(const Unit& u, FailBoth fb, const Outcome&
     co_return co_await finishUnit('I');
   }
   co_return co_await answer(u.ready, ao.txStatus);
+}
+
+// The mirror's copy of an extended request: each Bind of a statement with
+// transaction-time values is preceded by a Parse of the text with the pinned
+// values under a statement name of the proxy's, and binds that instead (same
+// parameter types, same parameters). The proxy's names are closed first (a
+// Close of a name that does not exist is not an error), so an earlier request
+// that stopped at an error cannot leave one behind. Empty on failure.
+std::vector<std::uint8_t> ClientSession::pinnedExtended(const Unit& u, const std::string& value) {
+  std::vector<std::uint8_t> out;
+  auto name = [](std::size_t k) { return "pghandoff_pin_" + std::to_string(k); };
+  for (std::size_t k = 0; k < u.pinSites.size(); ++k) {
+    protocol::Writer w(out);
+    w.begin('C').byte('S').cstring(name(k));
+    w.end();
+  }
+  for (std::size_t fi = 0; fi < unitFrames_.size(); ++fi) {
+    const FrameRef& f = unitFrames_[fi];
+    const protocol::Bytes whole(unit_.data() + f.offset, f.length);
+    std::size_t site = u.pinSites.size();
+    for (std::size_t k = 0; k < u.pinSites.size(); ++k) {
+      if (u.pinSites[k].bindFrame == fi) site = k;
+    }
+    if (site == u.pinSites.size()) {
+      out.insert(out.end(), whole.begin(), whole.end());
+      continue;
+    }
+    const auto& ps = u.pinSites[site];
+    // Parse body: name, query, then the parameter types (kept as they are).
+    protocol::Reader pr(*ps.parse);
+    (void)pr.cstring();
+    const std::string_view query = pr.cstring();
+    const protocol::Bytes types = pr.rest();
+    auto text = pinText(query, ps.det, value);
+    // Bind body: portal, statement, then formats and parameters (kept).
+    protocol::Reader br(whole.subspan(5));
+    const std::string_view portal = br.cstring();
+    (void)br.cstring();
+    const protocol::Bytes rest = br.rest();
+    if (!pr.ok() || !br.ok() || !text) return {};
+    protocol::Writer p(out);
+    p.begin('P').cstring(name(site)).cstring(*text).raw(types);
+    p.end();
+    protocol::Writer b(out);
+    b.begin('B').cstring(portal).cstring(name(site)).raw(rest);
+    b.end();
+  }
+  return out;
 }
 
 // COPY FROM STDIN (simple Query): the statement starts on the authoritative

@@ -8,6 +8,9 @@
 #include <string>
 #include <string_view>
 #include <unordered_map>
+#include <vector>
+
+#include "protocol/buffer.h"
 
 #include "protocol/sql_classify.h"
 
@@ -66,7 +69,20 @@ class StatementTracker {
     auto it = portals_.find(std::string(portal));
     return it == portals_.end() ? Info{} : it->second;
   }
+  // The Parse body (query and parameter types) of a statement whose text
+  // computes per-server values: the mirror relay re-parses it with the
+  // values pinned. Only such statements are kept (few, and bounded).
+  void rememberParse(std::string_view statement, protocol::Bytes body) {
+    if (parses_.size() >= kMaxEntries) parses_.clear();
+    parses_[std::string(statement)].assign(body.begin(), body.end());
+  }
+  [[nodiscard]] const std::vector<std::uint8_t>* parseOf(std::string_view statement) const {
+    auto it = parses_.find(std::string(statement));
+    return it == parses_.end() ? nullptr : &it->second;
+  }
+
   void onClose(char what, std::string_view name) {
+    if (what == 'S') parses_.erase(std::string(name));
     if (what == 'S' && !name.empty()) named_.erase(std::string(name));
     if (what == 'P' && !name.empty()) portals_.erase(std::string(name));
   }
@@ -88,6 +104,7 @@ class StatementTracker {
   Info unnamedPortal_;
   std::unordered_map<std::string, Info> named_;
   std::unordered_map<std::string, Info> portals_;
+  std::unordered_map<std::string, std::vector<std::uint8_t>> parses_;
 };
 
 }  // namespace pghandoff::proxy

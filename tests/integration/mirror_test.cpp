@@ -391,11 +391,9 @@ void Mirror::underFire(const std::string& mode) {
                     {{"PGPASSWORD", c->superPassword()}}, 120s);
     ASSERT_EQ(init.exitCode, 0) << init.err;
   }
-  // pgbench's history insert calls CURRENT_TIMESTAMP: pinned in a simple
-  // Query (the default policy then has nothing to refuse); through the
-  // extended protocol not yet, so mirrored there with a warning.
-  const bool pinned = mode == "simple";
-  startProxy(pinned ? "" : "mirror: { nondeterministic: warn }");
+  // pgbench's history insert calls CURRENT_TIMESTAMP: pinned to the source's
+  // value (the default policy then has nothing to refuse).
+  startProxy();
   const std::map<std::string, std::string> env{{"PGPASSWORD", "app-secret"},
                                                {"PGSSLMODE", "disable"}};
   auto pgbench = [&](std::vector<std::string> extra) {
@@ -440,13 +438,12 @@ void Mirror::underFire(const std::string& mode) {
   expectSame(
       "SELECT md5(string_agg(tid || ':' || bid || ':' || aid || ':' || delta, ',' "
       "ORDER BY tid, bid, aid, delta)) FROM pgbench_history");
-  if (pinned) {
-    // The timestamps too: the source's value, on both.
-    expectSame(
-        "SELECT md5(string_agg(tid || ':' || bid || ':' || aid || ':' || delta || ':' || mtime, "
-        "',' ORDER BY tid, bid, aid, delta, mtime)) FROM pgbench_history");
-    EXPECT_EQ(metric("pghandoff_nondeterministic_rejected_total"), 0.0);
-  }
+  // The timestamps too: the source's value, on both.
+  expectSame(
+      "SELECT md5(string_agg(tid || ':' || bid || ':' || aid || ':' || delta || ':' || mtime, "
+      "',' ORDER BY tid, bid, aid, delta, mtime)) FROM pgbench_history");
+  EXPECT_EQ(metric("pghandoff_nondeterministic_rejected_total"), 0.0);
+
   EXPECT_EQ(metric(R"(pghandoff_divergences_total{kind="row_count"})"), 0.0);
   EXPECT_EQ(metric(R"(pghandoff_divergences_total{kind="error"})"), 0.0);
   EXPECT_EQ(metric(R"(pghandoff_divergences_total{kind="command_tag"})"), 0.0);
@@ -522,8 +519,9 @@ TEST_F(Mirror, NondeterministicWritesAreRefusedByDefault) {
   auto r = c.exec("INSERT INTO items VALUES (1, random()::text)");
   EXPECT_EQ(r.sqlstate, "0A000");
   EXPECT_NE(r.error.find("cannot mirror this statement deterministically"), std::string::npos);
-  EXPECT_EQ(c.execParams("UPDATE items SET v = now()::text WHERE id = $1", {"1"}).sqlstate,
-            "0A000");
+  EXPECT_EQ(
+      c.execParams("UPDATE items SET v = clock_timestamp()::text WHERE id = $1", {"1"}).sqlstate,
+      "0A000");
   // In a block the transaction fails, as for any error.
   c.execOrThrow("BEGIN");
   c.execOrThrow("INSERT INTO items VALUES (2, 'two')");
@@ -582,6 +580,24 @@ TEST_F(Mirror, TransactionTimeIsPinnedToTheSourcesValue) {
   // Exactly the source's transaction timestamps: rows 2 and 3 share one.
   EXPECT_EQ(target_->psql("SELECT count(DISTINCT ts) FROM items WHERE id IN (2, 3)"), "1");
   EXPECT_EQ(metric("pghandoff_nondeterministic_rejected_total"), 0.0);
+  // Through the extended protocol: unnamed and named statements, autocommit
+  // and in a block.
+  EXPECT_EQ(
+      c.execParams("INSERT INTO items VALUES ($1, 'p', now(), current_date)", {"10"}).commandTag,
+      "INSERT 0 1");
+  ASSERT_TRUE(
+      c.prepare("stamp", "INSERT INTO items VALUES ($1, $2, CURRENT_TIMESTAMP, 'now'::date)").ok);
+  EXPECT_EQ(c.execPrepared("stamp", {"11", "q"}).commandTag, "INSERT 0 1");
+  c.execOrThrow("BEGIN");
+  EXPECT_EQ(c.execPrepared("stamp", {"12", "r"}).commandTag, "INSERT 0 1");
+  EXPECT_EQ(c.execParams("UPDATE items SET ts = now() WHERE id = $1", {"11"}).commandTag,
+            "UPDATE 1");
+  c.execOrThrow("COMMIT");
+  expectSame(
+      "SELECT string_agg(id || '|' || v || '|' || ts || '|' || d, ',' ORDER BY id) "
+      "FROM items");
+  EXPECT_EQ(target_->psql("SELECT count(*) FROM items WHERE id >= 10"), "3");
+  EXPECT_EQ(target_->psql("SELECT count(DISTINCT ts) FROM items WHERE id IN (11, 12)"), "1");
   // What cannot be pinned is still refused.
   EXPECT_EQ(c.exec("INSERT INTO items VALUES (4, clock_timestamp()::text)").sqlstate, "0A000");
   EXPECT_EQ(c.exec("INSERT INTO items VALUES (5, 'x', now() + random() * interval '1 s')").sqlstate,
