@@ -547,6 +547,10 @@ void Loader::root(const YAML::Node& node) {
                 [this](const std::string& p, const YAML::Node& v) {
                   enumField(p, v, kOnTargetError, cfg_.mirror.onTargetError);
                 }},
+               {"timeout",
+                [this](const std::string& p, const YAML::Node& v) {
+                  durationField(p, v, cfg_.mirror.timeout, false);
+                }},
                {"two_phase_commit",
                 [this](const std::string& p, const YAML::Node& v) {
                   auto s = text(p, v);

@@ -82,6 +82,10 @@ struct Config {
     OnDivergence onDivergence = OnDivergence::kLog;
     OnTargetError onTargetError = OnTargetError::kFailClient;
     bool twoPhaseCommit = false;  // two_phase_commit: true|false
+    // How long the mirror may take to answer one request before it counts as
+    // failed (mirror.on_target_error, mirror_errors_total{reason="timeout"}):
+    // a frozen target must not hang the client. > 0. Beyond SPEC §4.
+    std::chrono::milliseconds timeout{30000};
   } mirror;
 
   struct Flip {

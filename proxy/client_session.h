@@ -279,8 +279,9 @@ class ClientSession : public std::enable_shared_from_this<ClientSession> {
   // EmptyQueryResponse, ErrorResponse) that must stay held.
   std::vector<std::uint8_t> held_;
   std::size_t heldCompletion_ = static_cast<std::size_t>(-1);
-  bool lockstepIdle_ = false;  // waiting for the client at a boundary
-  bool clientGone_ = false;    // a write to the client failed: drain, then end
+  bool lockstepIdle_ = false;    // waiting for the client at a boundary
+  bool clientGone_ = false;      // a write to the client failed: drain, then end
+  bool mirrorTimedOut_ = false;  // mirror.timeout passed while waiting for the mirror
   std::array<std::chrono::steady_clock::time_point, 2> sentAt_{};  // per side
   // Extended-protocol messages collected up to Sync (or Flush).
   struct FrameRef {

@@ -14,10 +14,10 @@
 // a mirror that cannot commit leaves the authoritative transaction to roll
 // back (mirror.on_target_error: fail-client) instead of a divergence.
 //
-// An autocommit write is wrapped in a BEGIN/COMMIT the proxy adds on the
-// authoritative side, so that it can still be rolled back when the mirror
-// fails; on the mirror it is wrapped too when mirror.on_divergence is
-// fail-client (else it commits by itself, which is the mirror-first commit).
+// An autocommit write is wrapped in a BEGIN/COMMIT the proxy adds on both
+// sides, so that it can still be rolled back on the authoritative side when
+// the mirror fails, and so that what is still in flight to a mirror given up
+// after mirror.timeout cannot commit there by itself later.
 //
 // Per-server values (SPEC §2): transaction-time values (now(),
 // CURRENT_TIMESTAMP, CURRENT_DATE, 'now'::date, ...) are pinned to the
@@ -39,6 +39,7 @@
 #include "protocol/sql_determinism.h"
 #include "proxy/client_session.h"
 #include "proxy/logging.h"
+#include "proxy/watchdog.h"
 
 namespace pghandoff::proxy {
 
@@ -547,6 +548,20 @@ awaitable<bool> ClientSession::runUnit(const Unit& u) {
 
   // Both sides. The mirror must be there; it is opened at a boundary only
   // (mid-transaction a new server session would not be in the transaction).
+  // A mirror lost inside the transaction rolled it back already: what ends
+  // the transaction goes to the authoritative side alone.
+  const bool endsFailedTx = u.single && (u.info.tx == TxControl::kRollback ||
+                                         (u.info.tx == TxControl::kCommit && clientTx == 'E'));
+  if (!up_[m].conn && clientTx != 'I' && endsFailedTx) {
+    metrics().queriesTotal(sideLabel(a), kind).inc();
+    Outcome o;
+    bool answered = co_await exchange(a, u.bytes, Sink::kStream, o, expect);
+    if (!answered) {
+      co_await lockstepLost(a);
+      co_return false;
+    }
+    co_return co_await answer(u.ready, o.txStatus);
+  }
   if (!up_[m].conn) {
     std::string why = "not connected inside the transaction";
     bool opened = clientTx == 'I';
@@ -594,9 +609,9 @@ awaitable<bool> ClientSession::runUnit(const Unit& u) {
   const bool wrap =
       u.ready && clientTx == 'I' && !u.txControl && !u.info.noTransactionBlock &&
       (u.info.kind == StatementKind::kWrite || u.info.kind == StatementKind::kUnknown);
-  const bool failClientOnDivergence =
-      rt_->cfg.mirror.onDivergence == config::OnDivergence::kFailClient;
-  const bool wrapMirror = wrap && failClientOnDivergence;
+  // The mirror's copy is wrapped too: if it has to be given up (a timeout),
+  // what is still in flight to it must not commit on its own later.
+  const bool wrapMirror = wrap;
 
   // Transaction-time values (now(), CURRENT_TIMESTAMP, CURRENT_DATE, 'now'::date,
   // ...) in a simple Query whose transaction stays open after it: pinned to the
@@ -845,7 +860,7 @@ std::vector<std::uint8_t> ClientSession::pinnedExtended(const Unit& u, const std
 awaitable<bool> ClientSession::mirrorCopyIn(const Unit& u, int a, int m) {
   const char clientTx = machine_.transactionStatus();
   const bool wrap = clientTx == 'I' && !u.txControl;
-  const bool wrapMirror = wrap && rt_->cfg.mirror.onDivergence == config::OnDivergence::kFailClient;
+  const bool wrapMirror = wrap;  // see runUnit
   std::vector<std::uint8_t> out;
   if (wrap) protocol::encodeQuery(kBegin, out);
   out.insert(out.end(), u.bytes.begin(), u.bytes.end());
@@ -1089,6 +1104,20 @@ awaitable<bool> ClientSession::pump(int idx, Sink sink, Outcome& out, std::size_
   if (!u.conn) co_return false;
   const bool toClient = sink == Sink::kStream || sink == Sink::kHold;
   std::size_t completions = 0;
+  // The mirror's answer to a mirrored request is bounded by mirror.timeout: a
+  // frozen target must not hang the client (its reads are not bounded: they
+  // are the client's own queries).
+  std::optional<Watchdog> deadline;
+  const int auth = targetAuthoritative(txPhase_) ? kTargetIdx : kSourceIdx;
+  if (sink == Sink::kDiscard && writesBoth(txPhase_) && idx != auth) {
+    deadline.emplace(ex_, rt_->cfg.mirror.timeout, [self = shared_from_this(), idx] {
+      self->mirrorTimedOut_ = true;
+      if (self->up_[idx].conn) {
+        error_code ignored;
+        self->up_[idx].conn->stream().socket().cancel(ignored);
+      }
+    });
+  }
   while (true) {
     bool done = false, outOfSync = false, copyIn = false;
     std::size_t dropTail = 0;  // the ReadyForQuery or CopyInResponse that ends the chunk
@@ -1292,9 +1321,20 @@ awaitable<void> ClientSession::lockstepLost(int idx) {
 // Mirror failures and divergences
 
 void ClientSession::mirrorFailed(int m, MirrorErrorReason reason, const std::string& what) {
+  if (mirrorTimedOut_) {
+    // Its connection is in an unknown state (the request may still run):
+    // ended, and opened again at the next transaction boundary.
+    mirrorTimedOut_ = false;
+    reason = MirrorErrorReason::kTimeout;
+    spdlog::warn("session {}: the mirror ({}) did not answer within mirror.timeout ({} ms)", id_,
+                 sideName(m), rt_->cfg.mirror.timeout.count());
+  }
   metrics().mirrorErrorsTotal(reason).inc();
-  spdlog::warn("session {}: the mirror ({}) failed: {}", id_, sideName(m), what);
-  if (reason == MirrorErrorReason::kTargetDown) closeSide(m);
+  spdlog::warn("session {}: the mirror ({}) failed: {}", id_, sideName(m),
+               reason == MirrorErrorReason::kTimeout ? std::string("timeout") : what);
+  if (reason == MirrorErrorReason::kTargetDown || reason == MirrorErrorReason::kTimeout) {
+    closeSide(m);
+  }
   if (rt_->cfg.mirror.onTargetError == config::OnTargetError::kDegrade &&
       !registry_.mirrorBroken()) {
     registry_.markMirrorBroken();

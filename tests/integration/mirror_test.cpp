@@ -14,6 +14,7 @@
 
 #include <gtest/gtest.h>
 
+#include "tests/support/fault_proxy.h"
 #include "tests/support/pg_cluster.h"
 #include "tests/support/pq.h"
 #include "tests/support/process.h"
@@ -58,10 +59,14 @@ class Mirror : public ::testing::Test {
     proxy_.reset();
   }
 
-  void startProxy(const std::string& extraYaml = "") {
+  // targetPort: reach the target through something else (a fault proxy).
+  void startProxy(const std::string& extraYaml = "", std::uint16_t targetPort = 0) {
     ProxyOptions o;
     o.sourceUrl = source_->url();
-    o.targetUrl = target_->url();
+    o.targetUrl = targetPort == 0 ? target_->url()
+                                  : "postgresql://postgres:" + target_->superPassword() +
+                                        "@127.0.0.1:" + std::to_string(targetPort) +
+                                        "/postgres?sslmode=disable";
     o.extraYaml = extraYaml;
     proxy_ = std::make_unique<ProxyProcess>(o);
   }
@@ -603,6 +608,75 @@ TEST_F(Mirror, TransactionTimeIsPinnedToTheSourcesValue) {
   EXPECT_EQ(c.exec("INSERT INTO items VALUES (5, 'x', now() + random() * interval '1 s')").sqlstate,
             "0A000");
   EXPECT_EQ(metric("pghandoff_nondeterministic_rejected_total"), 2.0);
+}
+
+// DESIGN hard problem 9 with a TCP fault proxy on the proxy-target link: a
+// slow target slows mirrored writes, never reads; a frozen one is given up
+// after mirror.timeout (no hang); a cut one fails the open transaction.
+TEST_F(Mirror, SlowTargetSlowsWritesButNotReads) {
+  FaultProxy link("127.0.0.1", target_->port());
+  startProxy("", link.port());
+  PqConn c(proxy_->url());
+  ASSERT_TRUE(c.ok()) << c.error();
+  flip("mirror");
+  c.execOrThrow("INSERT INTO items VALUES (1, 'a')");  // the target session is open
+  link.setLatency(100ms, 100ms);
+  auto t0 = std::chrono::steady_clock::now();
+  c.execOrThrow("INSERT INTO items VALUES (2, 'b')");
+  auto write = std::chrono::steady_clock::now() - t0;
+  t0 = std::chrono::steady_clock::now();
+  EXPECT_EQ(c.execOrThrow("SELECT count(*) FROM items").value(), "2");
+  auto read = std::chrono::steady_clock::now() - t0;
+  EXPECT_GE(write, 200ms);  // one round trip through the slow link at least
+  EXPECT_LT(read, 100ms);   // reads never wait for the target
+  link.clearFaults();
+  expectSame("SELECT string_agg(id || '=' || v, ',' ORDER BY id) FROM items");
+}
+
+TEST_F(Mirror, FrozenTargetIsGivenUpAfterMirrorTimeout) {
+  FaultProxy link("127.0.0.1", target_->port());
+  startProxy("mirror: { timeout: 500ms }", link.port());
+  PqConn c(proxy_->url());
+  ASSERT_TRUE(c.ok()) << c.error();
+  flip("mirror");
+  c.execOrThrow("INSERT INTO items VALUES (1, 'a')");
+  link.freeze(true);
+  auto t0 = std::chrono::steady_clock::now();
+  auto r = c.exec("INSERT INTO items VALUES (2, 'b')");
+  auto took = std::chrono::steady_clock::now() - t0;
+  EXPECT_EQ(r.sqlstate, "58000") << r.error;
+  EXPECT_GE(took, 450ms);
+  EXPECT_LT(took, 5s);
+  EXPECT_EQ(source_->psql("SELECT count(*) FROM items"), "1");  // rolled back on the source
+  EXPECT_EQ(metric(R"(pghandoff_mirror_errors_total{reason="timeout"})"), 1.0);
+  link.freeze(false);
+  link.clearFaults();
+  // The next transaction opens the target again.
+  EXPECT_EQ(c.execOrThrow("INSERT INTO items VALUES (3, 'c')").commandTag, "INSERT 0 1");
+  EXPECT_TRUE(waitFor(
+      [&] {
+        return source_->psql("SELECT string_agg(id::text, ',' ORDER BY id) FROM items") ==
+               target_->psql("SELECT string_agg(id::text, ',' ORDER BY id) FROM items");
+      },
+      5s));
+}
+
+TEST_F(Mirror, TargetLinkCutInsideATransactionFailsIt) {
+  FaultProxy link("127.0.0.1", target_->port());
+  startProxy("", link.port());
+  PqConn c(proxy_->url());
+  ASSERT_TRUE(c.ok()) << c.error();
+  flip("mirror");
+  c.execOrThrow("BEGIN");
+  c.execOrThrow("INSERT INTO items VALUES (1, 'a')");
+  link.resetAll();
+  EXPECT_EQ(c.exec("INSERT INTO items VALUES (2, 'b')").sqlstate, "58000");
+  EXPECT_EQ(c.exec("SELECT 1").sqlstate, "25P02");
+  EXPECT_EQ(c.execOrThrow("COMMIT").commandTag, "ROLLBACK");
+  EXPECT_EQ(source_->psql("SELECT count(*) FROM items"), "0");
+  EXPECT_TRUE(waitFor([&] { return target_->psql("SELECT count(*) FROM items") == "0"; }, 5s));
+  EXPECT_EQ(c.execOrThrow("INSERT INTO items VALUES (3, 'c')").commandTag, "INSERT 0 1");
+  expectSame("SELECT string_agg(id || '=' || v, ',' ORDER BY id) FROM items");
 }
 
 }  // namespace
