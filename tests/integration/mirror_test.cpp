@@ -3,6 +3,8 @@
 // every scenario the two compared row by row. Simple query protocol only
 // (the extended protocol in these phases is step 3 and answers 0A000).
 
+#include <signal.h>
+
 #include <atomic>
 #include <chrono>
 #include <iostream>
@@ -677,6 +679,27 @@ TEST_F(Mirror, TargetLinkCutInsideATransactionFailsIt) {
   EXPECT_TRUE(waitFor([&] { return target_->psql("SELECT count(*) FROM items") == "0"; }, 5s));
   EXPECT_EQ(c.execOrThrow("INSERT INTO items VALUES (3, 'c')").commandTag, "INSERT 0 1");
   expectSame("SELECT string_agg(id || '=' || v, ',' ORDER BY id) FROM items");
+}
+
+// F17 in a mirroring phase: SIGTERM ends idle sessions at once, lets an open
+// transaction commit on both servers, then the proxy exits 0.
+TEST_F(Mirror, SigtermLetsAMirroredTransactionCommitOnBoth) {
+  startProxy();
+  PqConn idle(proxy_->url());
+  PqConn inTx(proxy_->url());
+  ASSERT_TRUE(idle.ok() && inTx.ok());
+  flip("mirror");
+  idle.execOrThrow("SELECT 1");
+  inTx.execOrThrow("BEGIN");
+  inTx.execOrThrow("INSERT INTO items VALUES (1, 'committed after SIGTERM')");
+  ASSERT_TRUE(proxy_->signal(SIGTERM));
+  EXPECT_TRUE(
+      waitFor([&] { return proxy_->log().find("session 1: closed") != std::string::npos; }, 2s));
+  EXPECT_EQ(inTx.execOrThrow("COMMIT").commandTag, "COMMIT");
+  EXPECT_EQ(proxy_->waitExit(5s), 0);
+  EXPECT_FALSE(idle.exec("SELECT 1").ok);
+  EXPECT_EQ(source_->psql("SELECT count(*) FROM items"), "1");
+  EXPECT_EQ(target_->psql("SELECT count(*) FROM items"), "1");
 }
 
 }  // namespace
