@@ -665,7 +665,11 @@ void ClientSession::trackStatement(char type, protocol::Bytes body, bool whole) 
       if (auto p = protocol::decodeParseBody(body)) {
         (void)classify(p->query);
         statements_.onParse(p->statement, StatementTracker::infoOf(scratch_));
-        if (scratch_.hasNondeterministic && whole) statements_.rememberParse(p->statement, body);
+        // Named statements (and any with per-server values) are remembered:
+        // a mirroring phase may run them later and must know their text.
+        if ((scratch_.hasNondeterministic || !p->statement.empty()) && whole) {
+          statements_.rememberParse(p->statement, body);
+        }
       }
       break;
     case 'B':

@@ -10,6 +10,7 @@
 #include <mutex>
 #include <optional>
 #include <string>
+#include <unordered_map>
 #include <vector>
 
 #include "protocol/backend.h"
@@ -174,8 +175,21 @@ class ClientSession : public std::enable_shared_from_this<ClientSession> {
       protocol::DeterminismAnalysis det;       // of its query
     };
     std::vector<PinSite> pinSites;
+    // Extended protocol: the text of every statement it executes (when known).
+    std::vector<std::string> execTexts;
+    bool execTextsKnown = true;
     bool extPinnable = false;  // every nondeterministic Execute has a PinSite
   };
+  // Does the request fill a column default the servers would compute each
+  // for itself (serial/identity, DEFAULT now(), gen_random_uuid(), ...)? Asks
+  // the authoritative side's catalog (cached a few seconds). False when that
+  // side is lost.
+  awaitable<bool> fillsVolatileDefault(int a, const Unit& u, bool& fills, std::string& which);
+  struct DefaultsEntry {
+    std::chrono::steady_clock::time_point at;
+    std::vector<std::string> volatileColumns;
+  };
+  std::unordered_map<std::string, DefaultsEntry> defaults_;
   // The mirror's copy of an extended request with the pinned values.
   [[nodiscard]] std::vector<std::uint8_t> pinnedExtended(const Unit& u, const std::string& value);
   awaitable<bool> mirrorQuery(protocol::Bytes frame);

@@ -320,7 +320,7 @@ awaitable<bool> ClientSession::mirrorExtended(bool ready) {
         if (auto pm = protocol::decodeParseBody(body)) {
           registry_.classifier().get(pm->query, scratch_);
           statements_.onParse(pm->statement, StatementTracker::infoOf(scratch_));
-          if (scratch_.hasNondeterministic) statements_.rememberParse(pm->statement, body);
+          statements_.rememberParse(pm->statement, body);
           if (u.sql.empty()) u.sql = pm->query;
         }
         u.sessionPart.insert(u.sessionPart.end(), whole.begin(), whole.end());
@@ -342,6 +342,24 @@ awaitable<bool> ClientSession::mirrorExtended(bool ready) {
         StatementTracker::Info info =
             portal ? statements_.executeInfo(*portal) : StatementTracker::Info{};
         ++executes;
+        if (info.kind == StatementKind::kWrite || info.kind == StatementKind::kUnknown) {
+          // Its text, for the column-default check.
+          bool found = false;
+          for (auto it = binds.rbegin(); portal && it != binds.rend(); ++it) {
+            if (it->first != *portal) continue;
+            const FrameRef& bf = unitFrames_[it->second];
+            auto bn = protocol::decodeBindNames(
+                protocol::Bytes(unit_.data() + bf.offset + 5, bf.length - 5));
+            const auto* parse = bn ? statements_.parseOf(bn->statement) : nullptr;
+            auto pm = parse ? protocol::decodeParseBody(*parse) : std::nullopt;
+            if (pm) {
+              u.execTexts.emplace_back(pm->query);
+              found = true;
+            }
+            break;
+          }
+          if (!found) u.execTextsKnown = false;
+        }
         if (info.nondeterministic) {
           ++nondeterministicExecutes;
           // Pinnable when the portal was bound in this request to a statement
@@ -483,6 +501,31 @@ awaitable<bool> ClientSession::runUnit(const Unit& u) {
   const std::size_t expect = u.ready ? 0 : u.expected;
 
   if (u.info.copyFrom && u.isQuery && !registry_.mirrorBroken()) {
+    // COPY fills the defaults of the columns it does not list.
+    bool fills = false;
+    std::string column;
+    bool alive = co_await fillsVolatileDefault(a, u, fills, column);
+    if (!alive) {
+      co_await lockstepLost(a);
+      co_return false;
+    }
+    if (fills && rt_->cfg.mirror.nondeterministic == config::Nondeterministic::kReject) {
+      metrics().nondeterministicRejectedTotal().inc();
+      holdError(protocol::ErrorFields{
+          "ERROR", sqlstate::kFeatureNotSupported,
+          "pghandoff cannot mirror this statement deterministically: it fills the column "
+          "default of " +
+              column + ", which each server would compute for itself (a sequence, now(), ...)",
+          "mirror.nondeterministic is reject; the statement ran on neither server.",
+          "List the column and pass its values, or set mirror.nondeterministic: warn."});
+      bool failed = clientTx == 'I';
+      if (!failed) failed = co_await failTransaction(a);
+      if (!failed) {
+        co_await lockstepLost(a);
+        co_return false;
+      }
+      co_return co_await answer(true, clientTx == 'I' ? 'I' : 'E');
+    }
     if (!up_[m].conn && clientTx == 'I') {
       std::string why;
       (void)co_await connectSide(m, false, &why);
@@ -628,10 +671,21 @@ awaitable<bool> ClientSession::runUnit(const Unit& u) {
       pinTime = u.extPinnable;
     }
   }
-  if (u.info.nondeterministic && !pinTime) {
+  // Column defaults the statement fills (serial, DEFAULT now(), ...) are
+  // invisible in its text: the catalog says. Pinning them is not built yet.
+  bool volatileDefault = false;
+  std::string defaultColumn;
+  if (u.info.kind == StatementKind::kWrite || u.info.kind == StatementKind::kUnknown) {
+    bool alive = co_await fillsVolatileDefault(a, u, volatileDefault, defaultColumn);
+    if (!alive) {
+      co_await lockstepLost(a);
+      co_return false;
+    }
+  }
+  if ((u.info.nondeterministic && !pinTime) || volatileDefault) {
     // Values each server would compute for itself (random(), clock time,
-    // sequences, ... or time in a statement that cannot be pinned): SPEC §2's
-    // policy.
+    // sequences, column defaults, ... or time in a statement that cannot be
+    // pinned): SPEC §2's policy.
     const auto fp = protocol::fingerprint(u.sql);
     const std::string id = fp ? *fp : std::string("(unparsable)");
     if (rt_->cfg.mirror.nondeterministic == config::Nondeterministic::kReject) {
@@ -639,8 +693,14 @@ awaitable<bool> ClientSession::runUnit(const Unit& u) {
       spdlog::info("session {}: refused nondeterministic statement {}", id_, id);
       holdError(protocol::ErrorFields{
           "ERROR", sqlstate::kFeatureNotSupported,
-          "pghandoff cannot mirror this statement deterministically: it computes values "
-          "(now(), random(), gen_random_uuid(), ...) that would differ between the two servers",
+          volatileDefault
+              ? "pghandoff cannot mirror this statement deterministically: it fills the column "
+                "default of " +
+                    defaultColumn +
+                    ", which each server would compute for itself (a sequence, now(), ...)"
+              : std::string("pghandoff cannot mirror this statement deterministically: it "
+                            "computes values (now(), random(), gen_random_uuid(), ...) that "
+                            "would differ between the two servers"),
           "mirror.nondeterministic is reject; the statement ran on neither server.",
           "Pass the values as literals or parameters, or set mirror.nondeterministic: warn."});
       bool failed = clientTx == 'I';
@@ -852,6 +912,79 @@ std::vector<std::uint8_t> ClientSession::pinnedExtended(const Unit& u, const std
     b.end();
   }
   return out;
+}
+
+awaitable<bool> ClientSession::fillsVolatileDefault(int a, const Unit& u, bool& fills,
+                                                    std::string& which) {
+  fills = false;
+  std::vector<protocol::WriteTarget> writes;
+  if (u.isQuery) {
+    writes = protocol::analyzeDeterminism(u.sql).writes;
+  } else {
+    for (const auto& text : u.execTexts) {
+      auto w = protocol::analyzeDeterminism(text).writes;
+      writes.insert(writes.end(), w.begin(), w.end());
+    }
+  }
+  const auto now = std::chrono::steady_clock::now();
+  for (const auto& w : writes) {
+    if (w.op == protocol::WriteTarget::Op::kDelete) continue;
+    if (w.op == protocol::WriteTarget::Op::kUpdate && !w.explicitDefault) continue;
+    const std::string table = w.schema.empty() ? w.table : w.schema + "." + w.table;
+    auto it = defaults_.find(table);
+    if (it == defaults_.end() || now - it->second.at > std::chrono::seconds(5)) {
+      // The table's columns with a default (or identity), read where the
+      // statement will run; the name as written, resolved by this session's
+      // search_path. A table that does not exist has none (the statement
+      // fails on its own).
+      std::string literal = "'";
+      for (char ch : table) literal += ch == '\'' ? std::string("''") : std::string(1, ch);
+      literal += "'";
+      const std::string q =
+          "SELECT a.attname, a.attidentity <> '', pg_catalog.pg_get_expr(d.adbin, d.adrelid) "
+          "FROM pg_catalog.pg_attribute a LEFT JOIN pg_catalog.pg_attrdef d "
+          "ON d.adrelid = a.attrelid AND d.adnum = a.attnum WHERE a.attrelid = "
+          "pg_catalog.to_regclass(" +
+          literal +
+          ") AND a.attnum > 0 AND NOT a.attisdropped AND (a.attidentity <> '' OR d.adbin IS NOT "
+          "NULL)";
+      std::vector<std::uint8_t> msg;
+      protocol::encodeQuery(q, msg);
+      Outcome o;
+      bool answered = co_await exchange(a, msg, Sink::kCollect, o, 0);
+      if (!answered) co_return false;
+      DefaultsEntry entry{now, {}};
+      for (const auto& row : o.rows) {
+        if (row.size() < 3 || !row[0]) continue;
+        bool isVolatile = row[1] && *row[1] == "t";
+        if (!isVolatile && row[2]) {
+          protocol::Classification c;
+          registry_.classifier().get("SELECT " + *row[2], c);
+          isVolatile =
+              c.parseError || c.hasNondeterministic || c.hasSideEffectFunction || c.hasUserFunction;
+        }
+        if (isVolatile) entry.volatileColumns.push_back(*row[0]);
+      }
+      if (defaults_.size() > 1000) defaults_.clear();
+      it = defaults_.insert_or_assign(table, std::move(entry)).first;
+    }
+    for (const auto& col : it->second.volatileColumns) {
+      // Filled by its default unless the statement names it (positional
+      // VALUES without a column list cannot be told apart: assumed filled).
+      const bool named = std::find(w.columns.begin(), w.columns.end(), col) != w.columns.end();
+      if (!named || w.explicitDefault || w.op == protocol::WriteTarget::Op::kMerge) {
+        fills = true;
+        which = table + "." + col;
+        co_return true;
+      }
+    }
+  }
+  if (!u.isQuery && !u.execTextsKnown) {
+    // A statement whose text the proxy never saw (prepared before it could
+    // look): its defaults cannot be checked.
+    spdlog::debug("session {}: column defaults not checked (statement text unknown)", id_);
+  }
+  co_return true;
 }
 
 // COPY FROM STDIN (simple Query): the statement starts on the authoritative

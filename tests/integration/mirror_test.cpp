@@ -28,7 +28,7 @@ namespace {
 using namespace std::chrono_literals;
 
 constexpr const char* kSchema =
-    "DROP TABLE IF EXISTS items, accounts, source_only_table, marker, pgbench_accounts, "
+    "DROP TABLE IF EXISTS items, accounts, source_only_table, marker, serials, pgbench_accounts, "
     "pgbench_branches, pgbench_tellers, pgbench_history;"
     "CREATE TABLE items (id int PRIMARY KEY, v text);"
     "CREATE TABLE accounts (id int PRIMARY KEY, balance bigint NOT NULL);"
@@ -700,6 +700,37 @@ TEST_F(Mirror, SigtermLetsAMirroredTransactionCommitOnBoth) {
   EXPECT_FALSE(idle.exec("SELECT 1").ok);
   EXPECT_EQ(source_->psql("SELECT count(*) FROM items"), "1");
   EXPECT_EQ(target_->psql("SELECT count(*) FROM items"), "1");
+}
+
+// Column defaults each server would compute for itself (a sequence, now(),
+// gen_random_uuid()) are invisible in the text: the catalog says, and until
+// they are pinned the policy applies — the default reject refuses, warn
+// mirrors. Statements that give every such column a value pass.
+TEST_F(Mirror, VolatileColumnDefaultsFollowTheNondeterministicPolicy) {
+  for (PgCluster* cl : {source_.get(), target_.get()}) {
+    cl->psql(
+        "CREATE TABLE serials (id serial PRIMARY KEY, v text, created timestamptz DEFAULT "
+        "now(), u uuid DEFAULT gen_random_uuid(), n int DEFAULT 7)");
+  }
+  startProxy();
+  PqConn c(proxy_->url());
+  ASSERT_TRUE(c.ok()) << c.error();
+  flip("mirror");
+  auto r = c.exec("INSERT INTO serials (v) VALUES ('a')");
+  EXPECT_EQ(r.sqlstate, "0A000");
+  EXPECT_NE(r.error.find("fills the column default of serials."), std::string::npos) << r.error;
+  EXPECT_EQ(c.execParams("INSERT INTO serials (v) VALUES ($1)", {"b"}).sqlstate, "0A000");
+  EXPECT_EQ(c.exec("INSERT INTO serials VALUES (5, 'positional')").sqlstate, "0A000");
+  // Every volatile default given a value (n's constant default is fine).
+  EXPECT_EQ(c.execOrThrow("INSERT INTO serials (id, v, created, u) VALUES (1, 'x', "
+                          "'2020-01-01 00:00:00+00', '00000000-0000-0000-0000-000000000001')")
+                .commandTag,
+            "INSERT 0 1");
+  EXPECT_EQ(c.execOrThrow("UPDATE serials SET v = 'y' WHERE id = 1").commandTag, "UPDATE 1");
+  EXPECT_EQ(c.exec("UPDATE serials SET created = DEFAULT WHERE id = 1").sqlstate, "0A000");
+  EXPECT_EQ(metric("pghandoff_nondeterministic_rejected_total"), 4.0);
+  expectSame("SELECT string_agg(id || v || created || u || n, ',' ORDER BY id) FROM serials");
+  EXPECT_EQ(source_->psql("SELECT count(*) FROM serials"), "1");
 }
 
 }  // namespace
