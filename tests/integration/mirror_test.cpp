@@ -15,6 +15,7 @@
 #include <vector>
 
 #include <gtest/gtest.h>
+#include <libpq-fe.h>
 
 #include "tests/support/fault_proxy.h"
 #include "tests/support/pg_cluster.h"
@@ -731,6 +732,58 @@ TEST_F(Mirror, VolatileColumnDefaultsFollowTheNondeterministicPolicy) {
   EXPECT_EQ(metric("pghandoff_nondeterministic_rejected_total"), 4.0);
   expectSame("SELECT string_agg(id || v || created || u || n, ',' ORDER BY id) FROM serials");
   EXPECT_EQ(source_->psql("SELECT count(*) FROM serials"), "1");
+}
+
+// F10 under mirroring: a client that vanishes inside a transaction leaves
+// nothing on either server and no server session behind.
+TEST_F(Mirror, ClientVanishingInsideAMirroredTransactionLeavesNothing) {
+  startProxy();
+  {
+    PqConn c(proxy_->url("app", "app-secret", std::nullopt,
+                         "sslmode=disable&application_name=vanishing"));
+    ASSERT_TRUE(c.ok()) << c.error();
+    flip("mirror");
+    c.execOrThrow("BEGIN");
+    c.execOrThrow("INSERT INTO items VALUES (1, 'never committed')");
+    EXPECT_EQ(target_->psql("SELECT count(*) FROM pg_stat_activity WHERE application_name = "
+                            "'vanishing' AND state = 'idle in transaction'"),
+              "1");
+  }  // the connection closes without COMMIT
+  for (PgCluster* cl : {source_.get(), target_.get()}) {
+    EXPECT_TRUE(waitFor(
+        [&] {
+          return cl->psql(
+                     "SELECT count(*) FROM pg_stat_activity WHERE application_name = "
+                     "'vanishing'") == "0";
+        },
+        5s));
+    EXPECT_EQ(cl->psql("SELECT count(*) FROM items"), "0");
+  }
+}
+
+// F20 under mirroring: a CancelRequest reaches the statement wherever it
+// runs; a cancelled write is on neither server.
+TEST_F(Mirror, CancelReachesAMirroredStatement) {
+  startProxy();
+  PqConn c(proxy_->url());
+  ASSERT_TRUE(c.ok()) << c.error();
+  flip("mirror");
+  c.execOrThrow("INSERT INTO items VALUES (1, 'a')");
+  std::thread canceller([&] {
+    std::this_thread::sleep_for(300ms);
+    PGcancel* cancel = PQgetCancel(c.raw());
+    char err[256];
+    PQcancel(cancel, err, sizeof err);
+    PQfreeCancel(cancel);
+  });
+  auto t0 = std::chrono::steady_clock::now();
+  auto r = c.exec("UPDATE items SET v = 'slow' WHERE pg_sleep(3) IS NOT NULL");
+  canceller.join();
+  EXPECT_EQ(r.sqlstate, "57014") << r.error;
+  EXPECT_LT(std::chrono::steady_clock::now() - t0, 2500ms);
+  expectSame("SELECT string_agg(id || '=' || v, ',' ORDER BY id) FROM items");
+  EXPECT_EQ(source_->psql("SELECT v FROM items WHERE id = 1"), "a");
+  EXPECT_EQ(c.execOrThrow("SELECT count(*) FROM items").value(), "1");  // the session goes on
 }
 
 }  // namespace
