@@ -803,7 +803,7 @@ awaitable<bool> ClientSession::beginTransaction() {
       // the session is at a boundary and ends as PostgreSQL's smart shutdown
       // would end it.
       closing_ = true;
-      prepareFatal(sqlstate::kAdminShutdown, "terminating connection due to administrator command");
+      prepareShutdownFatal();
       co_await flushError();
 
       co_await closeServerGracefully(false);
@@ -911,13 +911,7 @@ awaitable<void> ClientSession::serverToClient() {
       // timeout): the client hears why, the server session ends cleanly.
       co_await closeServerGracefully(forced_ && machine_.serverBusy());
       if (!sbuf.midMessage()) {
-        protocol::ErrorFields e{
-            "FATAL", sqlstate::kAdminShutdown,
-            flipCancelled_ ? "terminating connection: its transaction was still open when a phase "
-                             "change reached flip.drain_timeout (flip.on_timeout: cancel)"
-                           : "terminating connection due to administrator command",
-            "", ""};
-        prepareError(e);
+        prepareShutdownFatal();
         co_await flushError();
       }
       client_.close();
@@ -1028,6 +1022,13 @@ void ClientSession::prepareError(const protocol::ErrorFields& e) {
   metrics().clientErrorsTotal(sqlStateLabel(e.code)).inc();
   errorOut_.clear();
   protocol::encodeError(e, errorOut_);
+}
+
+void ClientSession::prepareShutdownFatal() {
+  prepareFatal(sqlstate::kAdminShutdown,
+               flipCancelled_ ? "terminating connection: its transaction was still open when a "
+                                "phase change reached flip.drain_timeout (flip.on_timeout: cancel)"
+                              : "terminating connection due to administrator command");
 }
 
 void ClientSession::prepareFatal(const char* code, std::string message, std::string detail) {

@@ -237,6 +237,8 @@ class ClientSession : public std::enable_shared_from_this<ClientSession> {
   // GCC 12 destroys such temporaries twice (the proxy crashed on every FATAL).
   void prepareError(const protocol::ErrorFields& e);  // and count it
   void prepareFatal(const char* code, std::string message, std::string detail = {});
+  // 57P01 at a graceful shutdown, or for flip.on_timeout: cancel.
+  void prepareShutdownFatal();
   awaitable<void> flushError();
   awaitable<bool> writeClient(const std::vector<std::uint8_t>& bytes);
 

@@ -172,13 +172,7 @@ awaitable<void> ClientSession::lockstep() {
                     unitFrames_.empty())) {
       // Graceful shutdown at a boundary (or forced): as the streaming relay.
       co_await closeServerGracefully(false);
-      protocol::ErrorFields e{
-          "FATAL", sqlstate::kAdminShutdown,
-          flipCancelled_ ? "terminating connection: its transaction was still open when a phase "
-                           "change reached flip.drain_timeout (flip.on_timeout: cancel)"
-                         : "terminating connection due to administrator command",
-          "", ""};
-      prepareError(e);
+      prepareShutdownFatal();
       co_await flushError();
       client_.close();
       co_return;
@@ -1435,11 +1429,7 @@ awaitable<void> ClientSession::lockstepLost(int idx) {
   }
   co_await closeServerGracefully(false);
   if (forced_) {
-    prepareFatal(sqlstate::kAdminShutdown,
-                 flipCancelled_
-                     ? "terminating connection: its transaction was still open when a phase "
-                       "change reached flip.drain_timeout (flip.on_timeout: cancel)"
-                     : "terminating connection due to administrator command");
+    prepareShutdownFatal();
     co_await flushError();
   } else if (!serverSentFatal_) {
     spdlog::warn("session {}: lost the {} server", id_, sideName(idx));
