@@ -199,6 +199,8 @@ class ClientSession : public std::enable_shared_from_this<ClientSession> {
   awaitable<bool> syncAfterError();
   awaitable<bool> answer(bool ready, char status);
   awaitable<bool> failTransaction(int a);
+  // Answers a request with an error without running it anywhere.
+  awaitable<bool> refuseUnit(const Unit& u, int a, const protocol::ErrorFields& e);
   struct FailBoth {
     int a, m;
     bool wrap, wrapMirror;

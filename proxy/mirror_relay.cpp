@@ -475,6 +475,21 @@ awaitable<bool> ClientSession::answer(bool ready, char status) {
   co_return !clientGone_;
 }
 
+awaitable<bool> ClientSession::refuseUnit(const Unit& u, int a, const protocol::ErrorFields& e) {
+  // The request runs nowhere; as with any error, an open transaction fails
+  // (on the authoritative side, for real) and a Flush batch skips to Sync.
+  const char clientTx = machine_.transactionStatus();
+  holdError(e);
+  bool failed = clientTx == 'I';
+  if (!failed) failed = co_await failTransaction(a);
+  if (!failed) {
+    co_await lockstepLost(a);
+    co_return false;
+  }
+  if (!u.ready) extSkip_ = true;
+  co_return co_await answer(u.ready, clientTx == 'I' ? 'I' : 'E');
+}
+
 awaitable<bool> ClientSession::failTransaction(int a) {
   // The client was told its transaction failed: make it so on the
   // authoritative side, whose aborted state then answers what follows
@@ -505,20 +520,14 @@ awaitable<bool> ClientSession::runUnit(const Unit& u) {
     }
     if (fills && rt_->cfg.mirror.nondeterministic == config::Nondeterministic::kReject) {
       metrics().nondeterministicRejectedTotal().inc();
-      holdError(protocol::ErrorFields{
+      const protocol::ErrorFields refusal{
           "ERROR", sqlstate::kFeatureNotSupported,
           "pghandoff cannot mirror this statement deterministically: it fills the column "
           "default of " +
               column + ", which each server would compute for itself (a sequence, now(), ...)",
           "mirror.nondeterministic is reject; the statement ran on neither server.",
-          "List the column and pass its values, or set mirror.nondeterministic: warn."});
-      bool failed = clientTx == 'I';
-      if (!failed) failed = co_await failTransaction(a);
-      if (!failed) {
-        co_await lockstepLost(a);
-        co_return false;
-      }
-      co_return co_await answer(true, clientTx == 'I' ? 'I' : 'E');
+          "List the column and pass its values, or set mirror.nondeterministic: warn."};
+      co_return co_await refuseUnit(u, a, refusal);
     }
     if (!up_[m].conn && clientTx == 'I') {
       std::string why;
@@ -527,19 +536,12 @@ awaitable<bool> ClientSession::runUnit(const Unit& u) {
     if (up_[m].conn) co_return co_await mirrorCopyIn(u, a, m);
   }
   if (u.info.copyFrom && !u.isQuery) {
-    holdError(protocol::ErrorFields{
+    const protocol::ErrorFields refusal{
         "ERROR", sqlstate::kFeatureNotSupported,
         "not built yet: pghandoff mirrors COPY FROM in a simple Query only, in phase " +
             std::string(phaseName(p)) + " (issue 3 step 3)",
-        "", ""});
-    bool failed = clientTx == 'I';
-    if (!failed) failed = co_await failTransaction(a);
-    if (!failed) {
-      co_await lockstepLost(a);
-      co_return false;
-    }
-    if (!u.ready) extSkip_ = true;
-    co_return co_await answer(u.ready, clientTx == 'I' ? 'I' : 'E');
+        "", ""};
+    co_return co_await refuseUnit(u, a, refusal);
   }
 
   // Reads, and what lives on the authoritative side alone (LISTEN/NOTIFY,
@@ -606,19 +608,12 @@ awaitable<bool> ClientSession::runUnit(const Unit& u) {
     if (!opened) {
       mirrorFailed(m, MirrorErrorReason::kTargetDown, why);
       if (rt_->cfg.mirror.onTargetError == config::OnTargetError::kFailClient) {
-        holdError(protocol::ErrorFields{
+        const protocol::ErrorFields refusal{
             "ERROR", sqlstate::kSystemError,
             std::string("pghandoff could not reach the ") + sideName(m) +
                 " server to mirror this statement: " + why,
-            "Nothing was executed (mirror.on_target_error: fail-client).", ""});
-        bool failed = clientTx == 'I';
-        if (!failed) failed = co_await failTransaction(a);
-        if (!failed) {
-          co_await lockstepLost(a);
-          co_return false;
-        }
-        if (!u.ready) extSkip_ = true;
-        co_return co_await answer(u.ready, clientTx == 'I' ? 'I' : 'E');
+            "Nothing was executed (mirror.on_target_error: fail-client).", ""};
+        co_return co_await refuseUnit(u, a, refusal);
       }
       co_return co_await runUnit(u);  // degraded: the authoritative side alone
     }
@@ -685,7 +680,7 @@ awaitable<bool> ClientSession::runUnit(const Unit& u) {
     if (rt_->cfg.mirror.nondeterministic == config::Nondeterministic::kReject) {
       metrics().nondeterministicRejectedTotal().inc();
       spdlog::info("session {}: refused nondeterministic statement {}", id_, id);
-      holdError(protocol::ErrorFields{
+      const protocol::ErrorFields refusal{
           "ERROR", sqlstate::kFeatureNotSupported,
           volatileDefault
               ? "pghandoff cannot mirror this statement deterministically: it fills the column "
@@ -696,15 +691,8 @@ awaitable<bool> ClientSession::runUnit(const Unit& u) {
                             "computes values (now(), random(), gen_random_uuid(), ...) that "
                             "would differ between the two servers"),
           "mirror.nondeterministic is reject; the statement ran on neither server.",
-          "Pass the values as literals or parameters, or set mirror.nondeterministic: warn."});
-      bool failed = clientTx == 'I';
-      if (!failed) failed = co_await failTransaction(a);
-      if (!failed) {
-        co_await lockstepLost(a);
-        co_return false;
-      }
-      if (!u.ready) extSkip_ = true;
-      co_return co_await answer(u.ready, clientTx == 'I' ? 'I' : 'E');
+          "Pass the values as literals or parameters, or set mirror.nondeterministic: warn."};
+      co_return co_await refuseUnit(u, a, refusal);
     }
     if (registry_.firstWarning(id)) {
       spdlog::warn(
