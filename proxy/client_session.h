@@ -172,19 +172,23 @@ class ClientSession : public std::enable_shared_from_this<ClientSession> {
     struct PinSite {
       std::size_t bindFrame;                   // index in unitFrames_
       const std::vector<std::uint8_t>* parse;  // the statement's Parse body
-      protocol::DeterminismAnalysis det;       // of its query
+      std::size_t analysis;                    // its query's, in `analyses`
     };
     std::vector<PinSite> pinSites;
-    // Extended protocol: the text of every statement it executes (when known).
-    std::vector<std::string> execTexts;
-    bool execTextsKnown = true;
+    // Extended protocol: the analysis of each statement it executes that may
+    // write or has per-server values; complete when every text was known.
+    std::vector<protocol::DeterminismAnalysis> analyses;
+    bool analysesComplete = true;
     bool extPinnable = false;  // every nondeterministic Execute has a PinSite
   };
   // Does the request fill a column default the servers would compute each
   // for itself (serial/identity, DEFAULT now(), gen_random_uuid(), ...)? Asks
   // the authoritative side's catalog (cached a few seconds). False when that
   // side is lost.
-  awaitable<bool> fillsVolatileDefault(int a, const Unit& u, bool& fills, std::string& which);
+  // `query`: a simple Query's analysis (the extended protocol's are in u).
+  awaitable<bool> fillsVolatileDefault(int a, const Unit& u,
+                                       const protocol::DeterminismAnalysis* query, bool& fills,
+                                       std::string& which);
   struct DefaultsEntry {
     std::chrono::steady_clock::time_point at;
     std::vector<std::string> volatileColumns;

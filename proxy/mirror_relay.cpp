@@ -336,42 +336,33 @@ awaitable<bool> ClientSession::mirrorExtended(bool ready) {
         StatementTracker::Info info =
             portal ? statements_.executeInfo(*portal) : StatementTracker::Info{};
         ++executes;
-        if (info.kind == StatementKind::kWrite || info.kind == StatementKind::kUnknown) {
-          // Its text, for the column-default check.
-          bool found = false;
+        if (info.kind == StatementKind::kWrite || info.kind == StatementKind::kUnknown ||
+            info.nondeterministic) {
+          // Its text, analysed once: for the column-default check and for
+          // pinning. Known when the portal was bound in this request.
+          std::size_t bindFrame = kNone;
+          const std::vector<std::uint8_t>* parse = nullptr;
           for (auto it = binds.rbegin(); portal && it != binds.rend(); ++it) {
             if (it->first != *portal) continue;
-            const FrameRef& bf = unitFrames_[it->second];
+            bindFrame = it->second;
+            const FrameRef& bf = unitFrames_[bindFrame];
             auto bn = protocol::decodeBindNames(
                 protocol::Bytes(unit_.data() + bf.offset + 5, bf.length - 5));
-            const auto* parse = bn ? statements_.parseOf(bn->statement) : nullptr;
-            auto pm = parse ? protocol::decodeParseBody(*parse) : std::nullopt;
-            if (pm) {
-              u.execTexts.emplace_back(pm->query);
-              found = true;
-            }
+            if (bn) parse = statements_.parseOf(bn->statement);
             break;
           }
-          if (!found) u.execTextsKnown = false;
-        }
-        if (info.nondeterministic) {
-          ++nondeterministicExecutes;
-          // Pinnable when the portal was bound in this request to a statement
-          // whose text has transaction-time values only.
-          for (auto it = binds.rbegin(); portal && it != binds.rend(); ++it) {
-            if (it->first != *portal) continue;
-            const FrameRef& bf = unitFrames_[it->second];
-            auto bn = protocol::decodeBindNames(
-                protocol::Bytes(unit_.data() + bf.offset + 5, bf.length - 5));
-            const auto* parse = bn ? statements_.parseOf(bn->statement) : nullptr;
-            auto pm = parse ? protocol::decodeParseBody(*parse) : std::nullopt;
-            if (!pm) break;
-            Unit::PinSite site{it->second, parse, protocol::analyzeDeterminism(pm->query)};
-            if (timePinnable(site.det)) {
-              u.pinSites.push_back(std::move(site));
+          auto pm = parse ? protocol::decodeParseBody(*parse) : std::nullopt;
+          if (pm) {
+            u.analyses.push_back(protocol::analyzeDeterminism(pm->query));
+          } else {
+            u.analysesComplete = false;
+          }
+          if (info.nondeterministic) {
+            ++nondeterministicExecutes;
+            if (pm && timePinnable(u.analyses.back())) {
+              u.pinSites.push_back({bindFrame, parse, u.analyses.size() - 1});
               ++pinnableExecutes;
             }
-            break;
           }
         }
         u.info.kind = protocol::strongest(u.info.kind, info.kind);
@@ -508,12 +499,19 @@ awaitable<bool> ClientSession::runUnit(const Unit& u) {
   const auto kind =
       u.info.kind == StatementKind::kRead ? labels::QueryKind::kRead : labels::QueryKind::kWrite;
   const std::size_t expect = u.ready ? 0 : u.expected;
+  const bool writes =
+      u.info.kind == StatementKind::kWrite || u.info.kind == StatementKind::kUnknown;
+  // A simple Query's text, analysed once (per-server values, what it writes)
+  // when it may write; reads need none of it.
+  protocol::DeterminismAnalysis det;
+  if (u.isQuery && (writes || u.info.nondeterministic)) det = protocol::analyzeDeterminism(u.sql);
+  const protocol::DeterminismAnalysis* queryDet = u.isQuery ? &det : nullptr;
 
   if (u.info.copyFrom && u.isQuery && !registry_.mirrorBroken()) {
     // COPY fills the defaults of the columns it does not list.
     bool fills = false;
     std::string column;
-    bool alive = co_await fillsVolatileDefault(a, u, fills, column);
+    bool alive = co_await fillsVolatileDefault(a, u, queryDet, fills, column);
     if (!alive) {
       co_await lockstepLost(a);
       co_return false;
@@ -651,21 +649,15 @@ awaitable<bool> ClientSession::runUnit(const Unit& u) {
   // same transaction (so it is the value the statement used), and written into
   // the mirror's copy of the text as literals of the same types.
   bool pinTime = false;
-  protocol::DeterminismAnalysis det;
   if (u.info.nondeterministic && u.ready && !u.txControl && (wrap || clientTx == 'T')) {
-    if (u.isQuery) {
-      det = protocol::analyzeDeterminism(u.sql);
-      pinTime = timePinnable(det);
-    } else {
-      pinTime = u.extPinnable;
-    }
+    pinTime = u.isQuery ? timePinnable(det) : u.extPinnable;
   }
   // Column defaults the statement fills (serial, DEFAULT now(), ...) are
   // invisible in its text: the catalog says. Pinning them is not built yet.
   bool volatileDefault = false;
   std::string defaultColumn;
-  if (u.info.kind == StatementKind::kWrite || u.info.kind == StatementKind::kUnknown) {
-    bool alive = co_await fillsVolatileDefault(a, u, volatileDefault, defaultColumn);
+  if (writes) {
+    bool alive = co_await fillsVolatileDefault(a, u, queryDet, volatileDefault, defaultColumn);
     if (!alive) {
       co_await lockstepLost(a);
       co_return false;
@@ -879,7 +871,7 @@ std::vector<std::uint8_t> ClientSession::pinnedExtended(const Unit& u, const std
     (void)pr.cstring();
     const std::string_view query = pr.cstring();
     const protocol::Bytes types = pr.rest();
-    auto text = pinText(query, ps.det, value);
+    auto text = pinText(query, u.analyses[ps.analysis], value);
     // Bind body: portal, statement, then formats and parameters (kept).
     protocol::Reader br(whole.subspan(5));
     const std::string_view portal = br.cstring();
@@ -896,20 +888,20 @@ std::vector<std::uint8_t> ClientSession::pinnedExtended(const Unit& u, const std
   return out;
 }
 
-awaitable<bool> ClientSession::fillsVolatileDefault(int a, const Unit& u, bool& fills,
-                                                    std::string& which) {
+awaitable<bool> ClientSession::fillsVolatileDefault(int a, const Unit& u,
+                                                    const protocol::DeterminismAnalysis* query,
+                                                    bool& fills, std::string& which) {
   fills = false;
-  std::vector<protocol::WriteTarget> writes;
-  if (u.isQuery) {
-    writes = protocol::analyzeDeterminism(u.sql).writes;
-  } else {
-    for (const auto& text : u.execTexts) {
-      auto w = protocol::analyzeDeterminism(text).writes;
-      writes.insert(writes.end(), w.begin(), w.end());
-    }
+  std::vector<const protocol::WriteTarget*> writes;
+  if (query != nullptr) {
+    for (const auto& w : query->writes) writes.push_back(&w);
+  }
+  for (const auto& d : u.analyses) {
+    for (const auto& w : d.writes) writes.push_back(&w);
   }
   const auto now = std::chrono::steady_clock::now();
-  for (const auto& w : writes) {
+  for (const protocol::WriteTarget* wp : writes) {
+    const protocol::WriteTarget& w = *wp;
     if (w.op == protocol::WriteTarget::Op::kDelete) continue;
     if (w.op == protocol::WriteTarget::Op::kUpdate && !w.explicitDefault) continue;
     const std::string table = w.schema.empty() ? w.table : w.schema + "." + w.table;
@@ -961,7 +953,7 @@ awaitable<bool> ClientSession::fillsVolatileDefault(int a, const Unit& u, bool& 
       }
     }
   }
-  if (!u.isQuery && !u.execTextsKnown) {
+  if (!u.analysesComplete) {
     // A statement whose text the proxy never saw (prepared before it could
     // look): its defaults cannot be checked.
     spdlog::debug("session {}: column defaults not checked (statement text unknown)", id_);
