@@ -786,5 +786,37 @@ TEST_F(Mirror, CancelReachesAMirroredStatement) {
   EXPECT_EQ(c.execOrThrow("SELECT count(*) FROM items").value(), "1");  // the session goes on
 }
 
+// SPEC §2 mirror.on_divergence beyond `log`: fail-client rolls the statement
+// back on the authoritative side; pause-mirroring answers as the source did and
+// stops mirroring.
+TEST_F(Mirror, DivergenceUnderFailClientRollsTheStatementBack) {
+  startProxy("mirror: { on_divergence: fail-client }");
+  source_->psql("INSERT INTO items VALUES (1, 'only on the source')");
+  PqConn c(proxy_->url());
+  ASSERT_TRUE(c.ok()) << c.error();
+  flip("mirror");
+  auto r = c.exec("UPDATE items SET v = 'changed' WHERE id = 1");  // UPDATE 1 vs UPDATE 0
+  EXPECT_EQ(r.sqlstate, "58000") << r.error;
+  EXPECT_NE(r.error.find("answered this statement differently"), std::string::npos) << r.error;
+  EXPECT_EQ(source_->psql("SELECT v FROM items WHERE id = 1"), "only on the source");
+  EXPECT_EQ(metric(R"(pghandoff_divergences_total{kind="row_count"})"), 1.0);
+  EXPECT_EQ(c.execOrThrow("INSERT INTO items VALUES (2, 'b')").commandTag, "INSERT 0 1");
+  EXPECT_EQ(target_->psql("SELECT count(*) FROM items"), "1");
+}
+
+TEST_F(Mirror, DivergenceUnderPauseMirroringStopsMirroring) {
+  startProxy("mirror: { on_divergence: pause-mirroring }");
+  source_->psql("INSERT INTO items VALUES (1, 'only on the source')");
+  PqConn c(proxy_->url());
+  ASSERT_TRUE(c.ok()) << c.error();
+  flip("mirror");
+  EXPECT_EQ(c.execOrThrow("UPDATE items SET v = 'changed' WHERE id = 1").commandTag, "UPDATE 1");
+  EXPECT_NE(proxy_->http("GET", "/status").body.find(R"("mirror":{"state":"broken")"),
+            std::string::npos);
+  EXPECT_EQ(c.execOrThrow("INSERT INTO items VALUES (2, 'b')").commandTag, "INSERT 0 1");
+  EXPECT_EQ(source_->psql("SELECT count(*) FROM items"), "2");
+  EXPECT_EQ(target_->psql("SELECT count(*) FROM items"), "0");  // no longer mirrored
+}
+
 }  // namespace
 }  // namespace pghandoff::test
