@@ -214,8 +214,9 @@ class ClientSession : public std::enable_shared_from_this<ClientSession> {
   awaitable<bool> failBoth(FailBoth f, std::string why);
   awaitable<bool> settle(const Unit& u, FailBoth fb, const Outcome& ao, const Outcome& mo,
                          bool mirrored);
-  // COPY FROM STDIN in a simple Query: the client's data to both sides.
-  awaitable<bool> mirrorCopyIn(const Unit& u, int a, int m);
+  // COPY FROM STDIN (simple Query): to both sides, or (withMirror false, the
+  // mirror broken under degrade) to the authoritative side alone.
+  awaitable<bool> mirrorCopyIn(const Unit& u, int a, int m, bool withMirror);
   // The client's CopyData up to CopyDone/CopyFail, to the authoritative side
   // and (while it follows) the mirror. False when the session must end.
   awaitable<bool> relayCopyData(int a, int m, bool& toMirror);

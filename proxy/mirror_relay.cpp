@@ -531,7 +531,7 @@ awaitable<bool> ClientSession::runUnit(const Unit& u) {
       std::string why;
       (void)co_await connectSide(m, false, &why);
     }
-    if (up_[m].conn) co_return co_await mirrorCopyIn(u, a, m);
+    if (up_[m].conn) co_return co_await mirrorCopyIn(u, a, m, true);
   }
   if (u.info.copyFrom && !u.isQuery) {
     const protocol::ErrorFields refusal{
@@ -555,6 +555,9 @@ awaitable<bool> ClientSession::runUnit(const Unit& u) {
       if (opened) opened = co_await connectSide(side, false, &why);
       if (!opened) side = a;
     }
+    // COPY FROM STDIN with the mirror broken (degrade): on the authoritative
+    // side alone, its data relayed as it comes.
+    if (u.info.copyFrom && u.isQuery) co_return co_await mirrorCopyIn(u, a, m, false);
     if (u.count > 0) metrics().queriesTotal(sideLabel(side), kind).inc(u.count);
     Outcome o;
     bool answered = co_await exchange(side, u.bytes, Sink::kStream, o, expect);
@@ -964,9 +967,10 @@ awaitable<bool> ClientSession::fillsVolatileDefault(int a, const Unit& u,
 // COPY FROM STDIN (simple Query): the statement starts on the authoritative
 // side, then on the mirror; the client's data goes to both as it comes; the
 // two results ("COPY n") are compared like any statement's.
-awaitable<bool> ClientSession::mirrorCopyIn(const Unit& u, int a, int m) {
+awaitable<bool> ClientSession::mirrorCopyIn(const Unit& u, int a, int m, bool withMirror) {
   const char clientTx = machine_.transactionStatus();
-  const bool wrap = clientTx == 'I' && !u.txControl;
+  // Alone (the mirror broken under degrade) the COPY runs as on one server.
+  const bool wrap = withMirror && clientTx == 'I' && !u.txControl;
   const bool wrapMirror = wrap;  // see runUnit
   std::vector<std::uint8_t> out;
   if (wrap) protocol::encodeQuery(kBegin, out);
@@ -1005,12 +1009,15 @@ awaitable<bool> ClientSession::mirrorCopyIn(const Unit& u, int a, int m) {
   cbuf_.consumeReady();
   if (!co_await answer(false, 'I')) co_return false;
 
-  metrics().queriesTotal(sideLabel(m), labels::QueryKind::kWrite).inc(u.count);
   Outcome mbegin, mo;
   mo.stopAtCopyIn = true;
-  bool mirrored = co_await sendTo(m, mirrorOut);
-  if (mirrored && wrapMirror) mirrored = co_await pump(m, Sink::kDiscard, mbegin, 0);
-  if (mirrored) mirrored = co_await pump(m, Sink::kDiscard, mo, 0);
+  bool mirrored = false;
+  if (withMirror) {
+    metrics().queriesTotal(sideLabel(m), labels::QueryKind::kWrite).inc(u.count);
+    mirrored = co_await sendTo(m, mirrorOut);
+    if (mirrored && wrapMirror) mirrored = co_await pump(m, Sink::kDiscard, mbegin, 0);
+    if (mirrored) mirrored = co_await pump(m, Sink::kDiscard, mo, 0);
+  }
   bool toMirror = mirrored && mo.copyIn;
 
   if (!co_await relayCopyData(a, m, toMirror)) co_return false;
@@ -1021,6 +1028,7 @@ awaitable<bool> ClientSession::mirrorCopyIn(const Unit& u, int a, int m) {
     co_await lockstepLost(a);
     co_return false;
   }
+  if (!withMirror) co_return co_await answer(true, aEnd.txStatus);
   aEnd.results.insert(aEnd.results.begin(), ao.results.begin(), ao.results.end());
   Outcome mEnd = mo;
   if (toMirror) {

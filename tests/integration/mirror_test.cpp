@@ -355,7 +355,27 @@ TEST_F(Mirror, TargetDownUnderDegradeGoesOnWithTheSourceAlone) {
   target_->stop();
   EXPECT_EQ(c.execOrThrow("INSERT INTO items VALUES (2, 'b')").commandTag, "INSERT 0 1");
   EXPECT_EQ(c.execOrThrow("INSERT INTO items VALUES (3, 'c')").commandTag, "INSERT 0 1");
-  EXPECT_EQ(source_->psql("SELECT count(*) FROM items"), "3");
+  // COPY FROM STDIN too, on the source alone.
+  RunOptions o;
+  o.argv = {pgBinDir() + "/psql",
+            "-X",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            std::to_string(proxy_->port()),
+            "-U",
+            "app",
+            "-d",
+            "postgres",
+            "-c",
+            "\\copy items from stdin"};
+  o.extraEnv = {{"PGPASSWORD", "app-secret"}, {"PGSSLMODE", "disable"}};
+  o.stdinData = "4\tfour\n";
+  auto copy = run(o);
+  EXPECT_EQ(copy.exitCode, 0) << copy.err;
+  EXPECT_EQ(source_->psql("SELECT count(*) FROM items"), "4");
   EXPECT_EQ(metric(R"(pghandoff_mirror_errors_total{reason="target_down"})"), 1.0);
   EXPECT_NE(proxy_->log().find("mirror broken"), std::string::npos);
   auto status = proxy_->http("GET", "/status");
