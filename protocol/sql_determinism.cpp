@@ -192,6 +192,7 @@ constexpr int kOpenParen = PG_QUERY__TOKEN__ASCII_40;
 constexpr int kCloseParen = PG_QUERY__TOKEN__ASCII_41;
 constexpr int kDot = PG_QUERY__TOKEN__ASCII_46;
 constexpr int kSemicolon = PG_QUERY__TOKEN__ASCII_59;
+constexpr int kComma = PG_QUERY__TOKEN__ASCII_44;
 
 // ---------------------------------------------------------------------------
 // The walk.
@@ -789,6 +790,234 @@ DeterminismAnalysis analyzeOrThrow(std::string_view sql) {
   return result;
 }
 
+// ---------------------------------------------------------------------------
+// The shape of one INSERT (see InsertShape).
+
+class InsertReader {
+ public:
+  InsertReader(const JsonDoc& doc, std::string_view sql, const std::vector<Token>& tokens)
+      : doc_(doc), sql_(sql), tokens_(tokens) {}
+
+  bool read(std::uint32_t item, InsertShape& out) {
+    const std::uint32_t stmt = doc_.member(item, "stmt");
+    const std::uint32_t body = doc_.member(stmt, "InsertStmt");
+    if (body == kNone) return false;
+    const std::size_t begin = doc_.sizeMember(item, "stmt_location").value_or(0);
+    const std::optional<std::size_t> len = doc_.sizeMember(item, "stmt_len");
+    const std::size_t stmtEnd = len.has_value() && *len > 0 ? begin + *len : sql_.size();
+    out.statementEnd = lastEnd(begin, stmtEnd);
+    if (out.statementEnd == 0) return false;
+
+    // INSERT: the first one outside parentheses (a WITH's bodies are inside).
+    std::size_t t = tokenAtOrAfter(begin);
+    std::size_t depth = 0;
+    for (; t < tokens_.size() && tokens_[t].start < out.statementEnd; ++t) {
+      if (tokens_[t].kind == kOpenParen) ++depth;
+      if (tokens_[t].kind == kCloseParen && depth > 0) --depth;
+      if (depth == 0 && tokens_[t].kind == PG_QUERY__TOKEN__INSERT) break;
+    }
+    if (t >= tokens_.size() || tokens_[t].kind != PG_QUERY__TOKEN__INSERT) return false;
+    out.insertBegin = tokens_[t].start;
+    const std::uint32_t with = doc_.member(body, "withClause");
+    out.withBegin = with != kNone ? doc_.sizeMember(with, "location").value_or(0) : out.insertBegin;
+    if (with != kNone) {
+      for (std::uint32_t i = with; i < doc_.at(with).end; ++i) {
+        const std::string_view k = doc_.at(i).key;
+        if (doc_.at(i).type == JsonType::kObject &&
+            (k == "InsertStmt" || k == "UpdateStmt" || k == "DeleteStmt" || k == "MergeStmt")) {
+          out.withDml = true;
+        }
+      }
+    }
+
+    // INSERT INTO name [AS alias]
+    const std::uint32_t rel = doc_.member(body, "relation");
+    out.schema = std::string(doc_.stringMember(rel, "schemaname"));
+    out.table = std::string(doc_.stringMember(rel, "relname"));
+    const std::optional<std::size_t> relAt = doc_.sizeMember(rel, "location");
+    if (!relAt || out.table.empty()) return false;
+    t = tokenAt(*relAt);
+    if (t == kNoToken) return false;
+    while (t + 2 < tokens_.size() && tokens_[t + 1].kind == kDot) t += 2;
+    if (t + 2 < tokens_.size() && tokens_[t + 1].kind == PG_QUERY__TOKEN__AS) t += 2;
+    if (t >= tokens_.size()) return false;
+    out.targetEnd = tokens_[t].end;
+    ++t;
+
+    const std::uint32_t cols = doc_.member(body, "cols");
+    if (doc_.childCount(cols) > 0) {
+      if (t >= tokens_.size() || tokens_[t].kind != kOpenParen) return false;
+      const std::size_t close = matchingParen(t);
+      if (close == kNoToken) return false;
+      out.columnList = true;
+      out.columnListClose = tokens_[close].start;
+      for (std::uint32_t c = doc_.at(cols).firstChild; c != kNone; c = doc_.at(c).next) {
+        const std::uint32_t target = doc_.member(c, "ResTarget");
+        // INSERT INTO t (a.b) or (a[1]): an assignment into part of a column.
+        if (doc_.member(target, "indirection") != kNone) return false;
+        out.columns.emplace_back(doc_.stringMember(target, "name"));
+      }
+      t = close + 1;
+    }
+    out.overridingEnd = t > 0 ? tokens_[t - 1].end : 0;
+    const std::string_view override = doc_.stringMember(body, "override");
+    if (override == "OVERRIDING_USER_VALUE" || override == "OVERRIDING_SYSTEM_VALUE") {
+      if (t + 2 >= tokens_.size() || tokens_[t].kind != PG_QUERY__TOKEN__OVERRIDING) return false;
+      out.overriding = override == "OVERRIDING_USER_VALUE" ? InsertShape::Overriding::kUser
+                                                           : InsertShape::Overriding::kSystem;
+      out.overridingEnd = tokens_[t + 2].end;
+      t += 3;
+    }
+    if (t >= tokens_.size()) return false;
+    out.sourceBegin = tokens_[t].start;
+
+    // The tail: ON CONFLICT ..., RETURNING ...
+    out.returningBegin = out.statementEnd;
+    const std::uint32_t returning = doc_.member(body, "returningList");
+    if (doc_.childCount(returning) > 0) {
+      const std::uint32_t first = doc_.member(doc_.at(returning).firstChild, "ResTarget");
+      const std::optional<std::size_t> at = doc_.sizeMember(first, "location");
+      const std::size_t rt = at ? tokenAt(*at) : kNoToken;
+      if (rt == kNoToken || rt == 0 || tokens_[rt - 1].kind != PG_QUERY__TOKEN__RETURNING) {
+        return false;
+      }
+      out.returningBegin = tokens_[rt - 1].start;
+    }
+    out.tailBegin = out.returningBegin;
+    const std::uint32_t conflict = doc_.member(body, "onConflictClause");
+    if (conflict != kNone) {
+      const std::optional<std::size_t> at = doc_.sizeMember(conflict, "location");
+      const std::size_t ct = at ? tokenAt(*at) : kNoToken;
+      if (ct == kNoToken || tokens_[ct].kind != PG_QUERY__TOKEN__ON) return false;
+      out.tailBegin = std::min(out.tailBegin, tokens_[ct].start);
+    }
+
+    const std::uint32_t select = doc_.member(doc_.member(body, "selectStmt"), "SelectStmt");
+    if (select == kNone) {
+      if (t + 1 >= tokens_.size() || tokens_[t].kind != PG_QUERY__TOKEN__DEFAULT) return false;
+      out.source = InsertShape::Source::kDefaultValues;
+      out.sourceEnd = tokens_[t + 1].end;
+    } else if (tokens_[t].kind == PG_QUERY__TOKEN__VALUES &&
+               doc_.member(select, "valuesLists") != kNone) {
+      out.source = InsertShape::Source::kValues;
+      ++t;
+      while (true) {
+        if (t >= tokens_.size() || tokens_[t].kind != kOpenParen) return false;
+        const std::size_t close = matchingParen(t);
+        if (close == kNoToken) return false;
+        std::vector<InsertShape::Item> row;
+        std::size_t itemStart = t + 1, d = 0;
+        for (std::size_t i = t + 1; i <= close; ++i) {
+          const int k = tokens_[i].kind;
+          if (i == close || (d == 0 && k == kComma)) {
+            if (i == itemStart) return false;  // an empty item
+            InsertShape::Item item{
+                tokens_[itemStart].start, tokens_[i - 1].end,
+                i == itemStart + 1 && tokens_[itemStart].kind == PG_QUERY__TOKEN__DEFAULT};
+            row.push_back(item);
+            itemStart = i + 1;
+            continue;
+          }
+          if (k == kOpenParen) ++d;
+          if (k == kCloseParen) --d;
+        }
+        out.rows.push_back(std::move(row));
+        out.rowCloses.push_back(tokens_[close].start);
+        out.sourceEnd = tokens_[close].end;
+        t = close + 1;
+        if (t < tokens_.size() && tokens_[t].kind == kComma) {
+          ++t;
+          continue;
+        }
+        break;
+      }
+      // What follows the rows must be the tail (a VALUES list with ORDER BY or
+      // LIMIT is a query).
+      if (t < tokens_.size() && tokens_[t].start < out.statementEnd &&
+          tokens_[t].start != out.tailBegin) {
+        out.source = InsertShape::Source::kQuery;
+        out.rows.clear();
+        out.rowCloses.clear();
+        out.sourceEnd = lastEnd(out.sourceBegin, out.tailBegin);
+      }
+    } else {
+      out.source = InsertShape::Source::kQuery;
+      out.sourceEnd = lastEnd(out.sourceBegin, out.tailBegin);
+    }
+    if (out.sourceEnd == 0 || out.sourceEnd > out.tailBegin) return false;
+
+    for (std::size_t i = tokenAtOrAfter(out.withBegin);
+         i < tokens_.size() && tokens_[i].start < out.sourceEnd; ++i) {
+      if (tokens_[i].kind != PG_QUERY__TOKEN__PARAM) continue;
+      const std::string_view text =
+          sql_.substr(tokens_[i].start + 1, tokens_[i].end - tokens_[i].start - 1);
+      int n = 0;
+      for (char c : text) {
+        if (c < '0' || c > '9' || n > 65535) return false;
+        n = n * 10 + (c - '0');
+      }
+      out.params.push_back(n);
+    }
+    std::ranges::sort(out.params);
+    out.params.erase(std::unique(out.params.begin(), out.params.end()), out.params.end());
+    out.ok = true;
+    return true;
+  }
+
+ private:
+  std::size_t tokenAtOrAfter(std::size_t offset) const {
+    const auto it = std::ranges::lower_bound(tokens_, offset, {}, &Token::start);
+    return it == tokens_.end() ? kNoToken : static_cast<std::size_t>(it - tokens_.begin());
+  }
+  std::size_t tokenAt(std::size_t offset) const {
+    const std::size_t t = tokenAtOrAfter(offset);
+    return t != kNoToken && tokens_[t].start == offset ? t : kNoToken;
+  }
+  std::size_t matchingParen(std::size_t open) const {
+    std::size_t depth = 0;
+    for (std::size_t t = open; t < tokens_.size(); ++t) {
+      if (tokens_[t].kind == kOpenParen) {
+        ++depth;
+      } else if (tokens_[t].kind == kCloseParen) {
+        if (--depth == 0) return t;
+      }
+    }
+    return kNoToken;
+  }
+  // End of the last token (';' excluded) that starts in [begin, end); 0 if none.
+  std::size_t lastEnd(std::size_t begin, std::size_t end) const {
+    const auto it = std::ranges::lower_bound(tokens_, end, {}, &Token::start);
+    for (auto t = it; t != tokens_.begin();) {
+      --t;
+      if (t->start < begin) break;
+      if (t->kind != kSemicolon) return t->end;
+    }
+    return 0;
+  }
+
+  const JsonDoc& doc_;
+  std::string_view sql_;
+  const std::vector<Token>& tokens_;
+};
+
+InsertShape analyzeInsertOrThrow(std::string_view sql) {
+  InsertShape result;
+  if (sql.find('\0') != std::string_view::npos) return result;
+  const std::string text(sql);
+  const ParseResultGuard parsed{pg_query_parse(text.c_str())};
+  if (parsed.result.error != nullptr || parsed.result.parse_tree == nullptr) return result;
+  std::vector<Token> tokens;
+  if (!scanTokens(text.c_str(), text.size(), tokens)) return result;
+  JsonDoc doc;
+  if (!doc.parse(parsed.result.parse_tree, std::strlen(parsed.result.parse_tree))) return result;
+  const std::uint32_t stmts = doc.member(0, "stmts");
+  if (doc.childCount(stmts) != 1) return result;
+  InsertShape shape;
+  InsertReader reader(doc, sql, tokens);
+  if (!reader.read(doc.at(stmts).firstChild, shape)) return result;
+  return shape;
+}
+
 }  // namespace
 
 DeterminismAnalysis analyzeDeterminism(std::string_view sql) {
@@ -796,6 +1025,14 @@ DeterminismAnalysis analyzeDeterminism(std::string_view sql) {
     return analyzeOrThrow(sql);
   } catch (...) {  // allocation failure
     return DeterminismAnalysis{};
+  }
+}
+
+InsertShape analyzeInsert(std::string_view sql) {
+  try {
+    return analyzeInsertOrThrow(sql);
+  } catch (...) {  // allocation failure
+    return InsertShape{};
   }
 }
 

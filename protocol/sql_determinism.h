@@ -122,6 +122,44 @@ struct DeterminismAnalysis {
   std::vector<std::string> unsupported;  // why the text alone cannot pin everything (see above)
 };
 
+// The shape of a string holding one INSERT (with its WITH clause, if any), for
+// rewriting it with explicit values (proxy/insert_pin.h): where each part of the
+// text is. Offsets are byte offsets into the analysed text.
+struct InsertShape {
+  enum class Source : std::uint8_t { kValues, kDefaultValues, kQuery };
+  enum class Overriding : std::uint8_t { kNone, kUser, kSystem };
+  struct Item {
+    std::size_t begin = 0;  // one expression of a VALUES row, [begin, end)
+    std::size_t end = 0;
+    bool isDefault = false;  // the DEFAULT keyword
+    bool operator==(const Item&) const = default;
+  };
+  bool ok = false;  // false: not one plain INSERT (or not understood); nothing else is set
+  std::size_t withBegin = 0;    // the WITH keyword (== insertBegin when there is none)
+  std::size_t insertBegin = 0;  // the INSERT keyword
+  bool withDml = false;         // a CTE that writes (INSERT/UPDATE/DELETE/MERGE)
+  std::string schema;           // the target table as written (schema empty when unqualified)
+  std::string table;
+  std::size_t targetEnd = 0;  // just past "INSERT INTO name [AS alias]"
+  bool columnList = false;
+  std::size_t columnListClose = 0;  // the ')' ending the column list
+  std::vector<std::string> columns;
+  Overriding overriding = Overriding::kNone;
+  std::size_t overridingEnd = 0;  // just past OVERRIDING ... VALUE (or columnList/targetEnd)
+  Source source = Source::kQuery;
+  std::size_t sourceBegin = 0;          // VALUES / DEFAULT VALUES / the query
+  std::size_t sourceEnd = 0;            // just past its last token
+  std::vector<std::vector<Item>> rows;  // kValues: each row's expressions
+  std::vector<std::size_t> rowCloses;   // kValues: each row's ')'
+  std::size_t tailBegin = 0;            // ON CONFLICT or RETURNING, else statementEnd
+  std::size_t returningBegin = 0;       // the RETURNING keyword, else statementEnd
+  std::size_t statementEnd = 0;         // just past the last token (';' excluded)
+  std::vector<int> params;              // $n numbers used in [withBegin, sourceEnd), sorted, unique
+};
+
+// Never throws; ok == false for anything but a single INSERT statement.
+[[nodiscard]] InsertShape analyzeInsert(std::string_view sql);
+
 // Never throws; any failure (allocation included) yields parsed == false.
 // An embedded NUL is a parse failure (a Query/Parse message carries a C string).
 [[nodiscard]] DeterminismAnalysis analyzeDeterminism(std::string_view sql);
