@@ -164,4 +164,24 @@ std::optional<std::vector<std::optional<std::string_view>>> decodeDataRowBody(By
   return cols;
 }
 
+std::optional<std::vector<std::uint32_t>> decodeRowDescriptionTypes(Bytes body) {
+  Reader r(body);
+  const std::int16_t n = r.int16();
+  if (!r.ok() || n < 0) return std::nullopt;
+  std::vector<std::uint32_t> types;
+  types.reserve(static_cast<std::size_t>(n));
+  for (std::int16_t i = 0; i < n; ++i) {
+    (void)r.cstring();  // name
+    (void)r.int32();    // table OID
+    (void)r.int16();    // column number
+    types.push_back(static_cast<std::uint32_t>(r.int32()));
+    (void)r.int16();  // size
+    (void)r.int32();  // modifier
+    (void)r.int16();  // format
+    if (!r.ok()) return std::nullopt;
+  }
+  if (!r.atEnd()) return std::nullopt;
+  return types;
+}
+
 }  // namespace pghandoff::protocol

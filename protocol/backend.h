@@ -72,4 +72,7 @@ void encodeCommandComplete(std::string_view tag, std::vector<std::uint8_t>& out)
 [[nodiscard]] std::optional<std::vector<std::optional<std::string_view>>> decodeDataRowBody(
     Bytes body);
 
+// RowDescription body: each column's type OID.
+[[nodiscard]] std::optional<std::vector<std::uint32_t>> decodeRowDescriptionTypes(Bytes body);
+
 }  // namespace pghandoff::protocol

@@ -18,6 +18,7 @@
 #include "protocol/sql_determinism.h"
 #include "protocol/startup.h"
 #include "proxy/asio.h"
+#include "proxy/insert_pin.h"
 #include "proxy/metrics.h"
 #include "proxy/phase.h"
 #include "proxy/relay_buffer.h"
@@ -130,6 +131,15 @@ class ClientSession : public std::enable_shared_from_this<ClientSession> {
     bool stopAtCopyIn =
         false;            // in: stop at CopyInResponse (forwarded) instead of failing the COPY
     bool copyIn = false;  // out: the side waits for COPY data
+    // Sink::kCollect: the columns' type OIDs (from RowDescription); rows past
+    // collectLimit bytes are not kept (overLimit set).
+    std::vector<std::uint32_t> types;
+    std::size_t collectLimit = SIZE_MAX;
+    std::size_t collected = 0;
+    bool overLimit = false;
+    // in: the first so many messages of the answer are the proxy's own
+    // (Close/Parse of a rewritten statement) and do not reach the client.
+    std::size_t dropLeading = 0;
   };
   enum class Sink : std::uint8_t {
     kStream,   // to the client as it arrives
@@ -180,6 +190,10 @@ class ClientSession : public std::enable_shared_from_this<ClientSession> {
     std::vector<protocol::DeterminismAnalysis> analyses;
     bool analysesComplete = true;
     bool extPinnable = false;  // every nondeterministic Execute has a PinSite
+    // Extended protocol, one Execute that may write, bound in this request:
+    // its Bind frame and its statement's Parse body (an INSERT can be pinned).
+    std::size_t writeBindFrame = static_cast<std::size_t>(-1);
+    const std::vector<std::uint8_t>* writeParse = nullptr;
   };
   // Does the request fill a column default the servers would compute each
   // for itself (serial/identity, DEFAULT now(), gen_random_uuid(), ...)? Asks
@@ -191,9 +205,26 @@ class ClientSession : public std::enable_shared_from_this<ClientSession> {
                                        std::string& which);
   struct DefaultsEntry {
     std::chrono::steady_clock::time_point at;
-    std::vector<std::string> volatileColumns;
+    std::vector<TableColumn> columns;  // in table order; empty: no such table
   };
   std::unordered_map<std::string, DefaultsEntry> defaults_;
+  // The table's columns as the authoritative side's catalog has them (the
+  // name resolved by this session's search_path), cached a few seconds.
+  // False when that side is lost.
+  awaitable<bool> tableColumns(int a, const std::string& schema, const std::string& table,
+                               const std::vector<TableColumn>*& out);
+  // mirror.nondeterministic for a request that computes values per server:
+  // reject (answered here: `refused` set) or warn (once per fingerprint).
+  // False when the session must end.
+  awaitable<bool> nondeterministicPolicy(const Unit& u, int a, const std::string& reason,
+                                         bool& refused);
+  // An INSERT with its per-server values fetched once on the authoritative
+  // side and written into both sides' text (proxy/insert_pin.h).
+  awaitable<bool> runPinnedInsert(const Unit& u, int a, int m, const InsertPlan& plan,
+                                  std::string_view text, bool wrap, char clientTx);
+  // The unit's frames with the write's Bind re-pointed to `text`, parsed
+  // first under the proxy's own name (Close + Parse lead, answered first).
+  [[nodiscard]] std::vector<std::uint8_t> rewrittenExtended(const Unit& u, const std::string& text);
   // The mirror's copy of an extended request with the pinned values.
   [[nodiscard]] std::vector<std::uint8_t> pinnedExtended(const Unit& u, const std::string& value);
   awaitable<bool> mirrorQuery(protocol::Bytes frame);

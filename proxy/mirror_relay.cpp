@@ -19,17 +19,19 @@
 // the mirror fails, and so that what is still in flight to a mirror given up
 // after mirror.timeout cannot commit there by itself later.
 //
-// Per-server values (SPEC §2): transaction-time values (now(),
-// CURRENT_TIMESTAMP, CURRENT_DATE, 'now'::date, ...) are pinned to the
-// authoritative side's value (simple Query and extended protocol); whatever
-// else the text computes per server (random(), uuids, clock time, nextval)
-// follows mirror.nondeterministic (reject | warn).
+// Per-server values (SPEC §2): an INSERT's column defaults (serial, identity,
+// now(), uuid) and the volatile calls in its rows are fetched once on the
+// authoritative side and written into the text both sides run
+// (proxy/insert_pin.h); transaction-time values elsewhere (now(),
+// CURRENT_TIMESTAMP, 'now'::date, ...) are pinned to the authoritative side's
+// value (simple Query and extended protocol); whatever else computes values
+// per server (random() in an UPDATE, ...) follows mirror.nondeterministic
+// (reject | warn).
 //
-// Not built yet (issue 3, next steps): pinning beyond transaction time;
-// column defaults and triggers (invisible in the text, NOT detected);
-// COPY FROM through the extended protocol (0A000); two-phase commit; async
-// mode. Notifications arriving while a session is idle are delivered with its
-// next answer.
+// Not built yet (issue 3, next steps): triggers (invisible in the text, NOT
+// detected); COPY FROM through the extended protocol (0A000); two-phase
+// commit; async mode. Notifications arriving while a session is idle are
+// delivered with its next answer.
 #include <spdlog/spdlog.h>
 
 #include <algorithm>
@@ -353,6 +355,8 @@ awaitable<bool> ClientSession::mirrorExtended(bool ready) {
           }
           auto pm = parse ? protocol::decodeParseBody(*parse) : std::nullopt;
           if (pm) {
+            u.writeBindFrame = bindFrame;
+            u.writeParse = parse;
             u.analyses.push_back(protocol::analyzeDeterminism(pm->query));
           } else {
             u.analysesComplete = false;
@@ -646,54 +650,90 @@ awaitable<bool> ClientSession::runUnit(const Unit& u) {
   // what is still in flight to it must not commit on its own later.
   const bool wrapMirror = wrap;
 
+  // Values computed per server in the text: the classifier's flag, or any
+  // call the analysis located (nextval() and friends are side effects to the
+  // classifier, and per-server values all the same).
+  bool perServer = u.info.nondeterministic;
+  if (u.isQuery) perServer = perServer || !det.calls.empty();
+  for (const auto& d : u.analyses) perServer = perServer || !d.calls.empty();
+  const bool pinnable = u.ready && !u.txControl && (wrap || clientTx == 'T');
+
+  // An INSERT's per-server values (column defaults, volatile calls in its
+  // rows) are fetched once on the authoritative side and written into the
+  // text both sides run (proxy/insert_pin.h).
+  bool insertChecked = false;
+  if (writes && pinnable && u.single) {
+    std::string_view text;
+    const protocol::DeterminismAnalysis* d = nullptr;
+    if (u.isQuery) {
+      text = u.sql;
+      d = &det;
+    } else if (u.writeParse != nullptr && u.writeBindFrame != kNone && u.analyses.size() == 1) {
+      if (auto pm = protocol::decodeParseBody(*u.writeParse)) {
+        text = pm->query;
+        d = &u.analyses[0];
+      }
+    }
+    const protocol::InsertShape shape =
+        d != nullptr ? protocol::analyzeInsert(text) : protocol::InsertShape{};
+    if (shape.ok) {
+      const std::vector<TableColumn>* columns = nullptr;
+      if (!co_await tableColumns(a, shape.schema, shape.table, columns)) {
+        co_await lockstepLost(a);
+        co_return false;
+      }
+      std::string why;
+      bool none = false;
+      auto plan = planInsert(text, shape, *d, *columns, why, none);
+      if (plan && !u.isQuery && plan->prestepUsesParams) {
+        plan.reset();
+        why =
+            "it inserts the rows of a query with parameters through the extended protocol, "
+            "which pghandoff does not pin yet";
+      }
+      if (plan) co_return co_await runPinnedInsert(u, a, m, *plan, text, wrap, clientTx);
+      if (!none) {
+        bool refused = false;
+        if (!co_await nondeterministicPolicy(u, a, why, refused)) co_return false;
+        if (refused) co_return true;
+      }
+      insertChecked = true;  // nothing per server, or warned
+    }
+  }
+
   // Transaction-time values (now(), CURRENT_TIMESTAMP, CURRENT_DATE, 'now'::date,
-  // ...) in a simple Query whose transaction stays open after it: pinned to the
+  // ...) in a statement whose transaction stays open after it: pinned to the
   // authoritative side's value, read there right after the statement in the
   // same transaction (so it is the value the statement used), and written into
   // the mirror's copy of the text as literals of the same types.
   bool pinTime = false;
-  if (u.info.nondeterministic && u.ready && !u.txControl && (wrap || clientTx == 'T')) {
+  if (!insertChecked && u.info.nondeterministic && pinnable) {
     pinTime = u.isQuery ? timePinnable(det) : u.extPinnable;
   }
-  // Column defaults the statement fills (serial, DEFAULT now(), ...) are
-  // invisible in its text: the catalog says. Pinning them is not built yet.
-  bool volatileDefault = false;
-  std::string defaultColumn;
-  if (writes) {
-    bool alive = co_await fillsVolatileDefault(a, u, queryDet, volatileDefault, defaultColumn);
-    if (!alive) {
-      co_await lockstepLost(a);
-      co_return false;
+  if (!insertChecked) {
+    // Column defaults the statement fills (serial, DEFAULT now(), ...) are
+    // invisible in its text: the catalog says.
+    bool volatileDefault = false;
+    std::string defaultColumn;
+    if (writes) {
+      bool alive = co_await fillsVolatileDefault(a, u, queryDet, volatileDefault, defaultColumn);
+      if (!alive) {
+        co_await lockstepLost(a);
+        co_return false;
+      }
     }
-  }
-  if ((u.info.nondeterministic && !pinTime) || volatileDefault) {
-    // Values each server would compute for itself (random(), clock time,
-    // sequences, column defaults, ... or time in a statement that cannot be
-    // pinned): SPEC §2's policy.
-    const auto fp = protocol::fingerprint(u.sql);
-    const std::string id = fp ? *fp : std::string("(unparsable)");
-    if (rt_->cfg.mirror.nondeterministic == config::Nondeterministic::kReject) {
-      metrics().nondeterministicRejectedTotal().inc();
-      spdlog::info("session {}: refused nondeterministic statement {}", id_, id);
-      const protocol::ErrorFields refusal{
-          "ERROR", sqlstate::kFeatureNotSupported,
+    if ((perServer && !pinTime) || volatileDefault) {
+      // Values each server would compute for itself: SPEC §2's policy.
+      const std::string reason =
           volatileDefault
-              ? "pghandoff cannot mirror this statement deterministically: it fills the column "
-                "default of " +
-                    defaultColumn +
+              ? "it fills the column default of " + defaultColumn +
                     ", which each server would compute for itself (a sequence, now(), ...)"
-              : std::string("pghandoff cannot mirror this statement deterministically: it "
-                            "computes values (now(), random(), gen_random_uuid(), ...) that "
-                            "would differ between the two servers"),
-          "mirror.nondeterministic is reject; the statement ran on neither server.",
-          "Pass the values as literals or parameters, or set mirror.nondeterministic: warn."};
-      co_return co_await refuseUnit(u, a, refusal);
-    }
-    if (registry_.firstWarning(id)) {
-      spdlog::warn(
-          "statement {} computes values that may differ between the servers (now(), random(), "
-          "...); mirrored anyway (mirror.nondeterministic: warn); warned once per statement",
-          id);
+              : std::string(
+                    "it computes values (now(), random(), gen_random_uuid(), "
+                    "nextval(), ...) that would differ between the two servers");
+      bool refused = false;
+      if (!co_await nondeterministicPolicy(u, a, reason, refused)) co_return false;
+      if (refused) co_return true;
     }
   }
 
@@ -765,6 +805,186 @@ awaitable<bool> ClientSession::runUnit(const Unit& u) {
 
   co_return co_await settle(u, FailBoth{a, m, wrap, wrapMirror, clientTx, u.ready}, ao, mo,
                             mirrored);
+}
+
+awaitable<bool> ClientSession::nondeterministicPolicy(const Unit& u, int a,
+                                                      const std::string& reason, bool& refused) {
+  refused = false;
+  const auto fp = protocol::fingerprint(u.sql);
+  const std::string id = fp ? *fp : std::string("(unparsable)");
+  if (rt_->cfg.mirror.nondeterministic == config::Nondeterministic::kReject) {
+    metrics().nondeterministicRejectedTotal().inc();
+    spdlog::info("session {}: refused nondeterministic statement {}", id_, id);
+    const protocol::ErrorFields refusal{
+        "ERROR", sqlstate::kFeatureNotSupported,
+        "pghandoff cannot mirror this statement deterministically: " + reason,
+        "mirror.nondeterministic is reject; the statement ran on neither server.",
+        "Pass the values as literals or parameters, or set mirror.nondeterministic: warn."};
+    refused = true;
+    co_return co_await refuseUnit(u, a, refusal);
+  }
+  if (registry_.firstWarning(id)) {
+    spdlog::warn(
+        "statement {} computes values that may differ between the servers ({}); mirrored anyway "
+        "(mirror.nondeterministic: warn); warned once per statement",
+        id, reason);
+  }
+  co_return true;
+}
+
+awaitable<bool> ClientSession::runPinnedInsert(const Unit& u, int a, int m, const InsertPlan& plan,
+                                               std::string_view text, bool wrap, char clientTx) {
+  const std::string sql(text);
+  // 0. The values, computed once on the authoritative side in the
+  // statement's own transaction.
+  std::vector<std::uint8_t> out;
+  if (wrap) protocol::encodeQuery(kBegin, out);
+  protocol::encodeQuery(plan.prestep, out);
+  metrics().queriesTotal(sideLabel(a), labels::QueryKind::kWrite).inc();
+  Outcome begin, pre;
+  pre.collectLimit = kMaxPinnedBytes;
+  bool answered = co_await sendTo(a, out);
+  if (answered && wrap) answered = co_await pump(a, Sink::kDiscard, begin, 0);
+  if (answered) answered = co_await pump(a, Sink::kCollect, pre, 0);
+  if (!answered) {
+    co_await lockstepLost(a);
+    co_return false;
+  }
+  std::optional<std::string> timeValue;
+  if (!pre.error && plan.path == InsertPlan::Path::kQuery && plan.needsTime) {
+    if (!pre.rows.empty() && !pre.rows[0].empty()) {
+      timeValue = pre.rows[0].back();
+    } else {
+      Outcome t;
+      out.clear();
+      protocol::encodeQuery(kPinTimeQuery, out);
+      answered = co_await exchange(a, out, Sink::kCollect, t, 0);
+      if (!answered) {
+        co_await lockstepLost(a);
+        co_return false;
+      }
+      if (t.rows.size() == 1 && t.rows[0].size() == 1) timeValue = t.rows[0][0];
+    }
+  }
+  std::optional<PinnedTexts> texts;
+  if (!pre.error && !pre.overLimit && pre.rows.size() <= kMaxPinnedRows) {
+    if (plan.path == InsertPlan::Path::kValues) {
+      std::vector<std::optional<std::string>> values;
+      for (auto& row : pre.rows) values.push_back(row.empty() ? std::nullopt : std::move(row[0]));
+      texts = finishValues(sql, plan, values);
+    } else {
+      texts = finishQuery(plan, pre.rows, pre.types, timeValue);
+    }
+  }
+  if (!texts) {
+    // Undo what the prestep did (sequence calls, a writable CTE).
+    if (wrap) {
+      Outcome rb;
+      bool rolledBack = co_await runOwn(a, kRollback, rb);
+      if (!rolledBack && !up_[a].conn) {
+        co_await lockstepLost(a);
+        co_return false;
+      }
+    }
+    if (pre.error) {
+      // What the statement itself would have met (no such table, a bad
+      // value, ...): that error is the answer.
+      holdError(*pre.error);
+      co_return co_await answer(u.ready, wrap ? 'I' : pre.txStatus);
+    }
+    if (!pre.overLimit && pre.rows.size() <= kMaxPinnedRows) {
+      metrics().internalBugsTotal().inc();
+      spdlog::error("session {}: could not rewrite an INSERT with its pinned values", id_);
+    }
+    metrics().nondeterministicRejectedTotal().inc();
+    const protocol::ErrorFields refusal{
+        "ERROR", sqlstate::kFeatureNotSupported,
+        pre.overLimit || pre.rows.size() > kMaxPinnedRows
+            ? "pghandoff cannot mirror this statement deterministically: it inserts more rows "
+              "than pghandoff pins at once (" +
+                  std::to_string(kMaxPinnedRows) + " rows, " +
+                  std::to_string(kMaxPinnedBytes >> 20) + " MiB)"
+            : std::string("pghandoff could not write this INSERT's values for both servers"),
+        "The statement ran on neither server.", "Insert the rows in smaller statements."};
+    co_return co_await refuseUnit(u, a, refusal);
+  }
+
+  // 1. The authoritative side runs its text; its answer is the client's.
+  out.clear();
+  Outcome ao;
+  if (u.isQuery) {
+    protocol::encodeQuery(texts->authoritative, out);
+  } else {
+    out = rewrittenExtended(u, texts->authoritative);
+    ao.dropLeading = 2;  // the proxy's Close and Parse
+  }
+  answered = co_await exchange(a, out, Sink::kHold, ao, 0);
+  if (!answered) {
+    co_await lockstepLost(a);
+    co_return false;
+  }
+  if (ao.error) {
+    if (wrap) {
+      Outcome rb;
+      bool rolledBack = co_await runOwn(a, kRollback, rb);
+      if (!rolledBack && !up_[a].conn) {
+        co_await lockstepLost(a);
+        co_return false;
+      }
+    }
+    co_return co_await answer(u.ready, wrap ? 'I' : ao.txStatus);
+  }
+
+  // 2. The mirror, with the same values.
+  out.clear();
+  if (wrap) protocol::encodeQuery(kBegin, out);
+  if (u.isQuery) {
+    protocol::encodeQuery(texts->mirror, out);
+  } else {
+    const auto frames = rewrittenExtended(u, texts->mirror);
+    out.insert(out.end(), frames.begin(), frames.end());
+  }
+  metrics().queriesTotal(sideLabel(m), labels::QueryKind::kWrite).inc();
+  Outcome mbegin, mo;
+  bool mirrored = co_await sendTo(m, out);
+  if (mirrored && wrap) mirrored = co_await pump(m, Sink::kDiscard, mbegin, 0);
+  if (mirrored) mirrored = co_await pump(m, Sink::kDiscard, mo, 0);
+  co_return co_await settle(u, FailBoth{a, m, wrap, wrap, clientTx, u.ready}, ao, mo, mirrored);
+}
+
+std::vector<std::uint8_t> ClientSession::rewrittenExtended(const Unit& u, const std::string& text) {
+  constexpr std::string_view kName = "pghandoff_insert";
+  std::vector<std::uint8_t> out;
+  protocol::Reader pr(*u.writeParse);
+  (void)pr.cstring();
+  (void)pr.cstring();
+  const protocol::Bytes types = pr.rest();
+  {
+    protocol::Writer w(out);
+    w.begin('C').byte('S').cstring(kName);
+    w.end();
+  }
+  {
+    protocol::Writer p(out);
+    p.begin('P').cstring(kName).cstring(text).raw(types);
+    p.end();
+  }
+  for (std::size_t fi = 0; fi < unitFrames_.size(); ++fi) {
+    const FrameRef& f = unitFrames_[fi];
+    const protocol::Bytes whole(unit_.data() + f.offset, f.length);
+    if (fi != u.writeBindFrame) {
+      out.insert(out.end(), whole.begin(), whole.end());
+      continue;
+    }
+    protocol::Reader br(whole.subspan(5));
+    const std::string_view portal = br.cstring();
+    (void)br.cstring();
+    const protocol::Bytes rest = br.rest();
+    protocol::Writer b(out);
+    b.begin('B').cstring(portal).cstring(kName).raw(rest);
+    b.end();
+  }
+  return out;
 }
 
 // After both sides ran a request: compare, apply the policies, commit (the
@@ -891,6 +1111,58 @@ std::vector<std::uint8_t> ClientSession::pinnedExtended(const Unit& u, const std
   return out;
 }
 
+awaitable<bool> ClientSession::tableColumns(int a, const std::string& schema,
+                                            const std::string& table,
+                                            const std::vector<TableColumn>*& out) {
+  const std::string name =
+      schema.empty() ? sqlIdentifier(table) : sqlIdentifier(schema) + "." + sqlIdentifier(table);
+  const auto now = std::chrono::steady_clock::now();
+  auto it = defaults_.find(name);
+  if (it == defaults_.end() || now - it->second.at > std::chrono::seconds(5)) {
+    // Read where the statement will run, the name resolved by this session's
+    // search_path. A table that does not exist has no columns (the statement
+    // fails on its own). An identity column's default is a nextval of its
+    // sequence.
+    const std::string literal = sqlLiteral(name);
+    const std::string q =
+        "SELECT a.attname, pg_catalog.format_type(a.atttypid, a.atttypmod), a.attidentity, "
+        "a.attgenerated <> '', CASE WHEN a.attidentity <> '' THEN 'pg_catalog.nextval(' || "
+        "pg_catalog.quote_literal(pg_catalog.pg_get_serial_sequence(a.attrelid::pg_catalog."
+        "regclass::pg_catalog.text, a.attname)) || '::pg_catalog.regclass)' ELSE "
+        "pg_catalog.pg_get_expr(d.adbin, d.adrelid) END FROM pg_catalog.pg_attribute a LEFT JOIN "
+        "pg_catalog.pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum WHERE "
+        "a.attrelid = pg_catalog.to_regclass(" +
+        literal + ") AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum";
+    std::vector<std::uint8_t> msg;
+    protocol::encodeQuery(q, msg);
+    Outcome o;
+    bool answered = co_await exchange(a, msg, Sink::kCollect, o, 0);
+    if (!answered) co_return false;
+    DefaultsEntry entry{now, {}};
+    for (const auto& row : o.rows) {
+      if (row.size() < 5 || !row[0] || !row[1]) continue;
+      TableColumn c;
+      c.name = *row[0];
+      c.type = *row[1];
+      c.identity = row[2] && !row[2]->empty() ? (*row[2])[0] : 0;
+      c.generated = row[3] && *row[3] == "t";
+      c.defaultExpr = row[4] ? *row[4] : std::string();
+      c.volatileDefault = c.identity != 0;
+      if (!c.volatileDefault && !c.generated && !c.defaultExpr.empty()) {
+        protocol::Classification cl;
+        registry_.classifier().get("SELECT " + c.defaultExpr, cl);
+        c.volatileDefault = cl.parseError || cl.hasNondeterministic || cl.hasSideEffectFunction ||
+                            cl.hasUserFunction;
+      }
+      entry.columns.push_back(std::move(c));
+    }
+    if (defaults_.size() > 1000) defaults_.clear();
+    it = defaults_.insert_or_assign(name, std::move(entry)).first;
+  }
+  out = &it->second.columns;
+  co_return true;
+}
+
 awaitable<bool> ClientSession::fillsVolatileDefault(int a, const Unit& u,
                                                     const protocol::DeterminismAnalysis* query,
                                                     bool& fills, std::string& which) {
@@ -902,56 +1174,20 @@ awaitable<bool> ClientSession::fillsVolatileDefault(int a, const Unit& u,
   for (const auto& d : u.analyses) {
     for (const auto& w : d.writes) writes.push_back(&w);
   }
-  const auto now = std::chrono::steady_clock::now();
   for (const protocol::WriteTarget* wp : writes) {
     const protocol::WriteTarget& w = *wp;
     if (w.op == protocol::WriteTarget::Op::kDelete) continue;
     if (w.op == protocol::WriteTarget::Op::kUpdate && !w.explicitDefault) continue;
-    const std::string table = w.schema.empty() ? w.table : w.schema + "." + w.table;
-    auto it = defaults_.find(table);
-    if (it == defaults_.end() || now - it->second.at > std::chrono::seconds(5)) {
-      // The table's columns with a default (or identity), read where the
-      // statement will run; the name as written, resolved by this session's
-      // search_path. A table that does not exist has none (the statement
-      // fails on its own).
-      std::string literal = "'";
-      for (char ch : table) literal += ch == '\'' ? std::string("''") : std::string(1, ch);
-      literal += "'";
-      const std::string q =
-          "SELECT a.attname, a.attidentity <> '', pg_catalog.pg_get_expr(d.adbin, d.adrelid) "
-          "FROM pg_catalog.pg_attribute a LEFT JOIN pg_catalog.pg_attrdef d "
-          "ON d.adrelid = a.attrelid AND d.adnum = a.attnum WHERE a.attrelid = "
-          "pg_catalog.to_regclass(" +
-          literal +
-          ") AND a.attnum > 0 AND NOT a.attisdropped AND (a.attidentity <> '' OR d.adbin IS NOT "
-          "NULL)";
-      std::vector<std::uint8_t> msg;
-      protocol::encodeQuery(q, msg);
-      Outcome o;
-      bool answered = co_await exchange(a, msg, Sink::kCollect, o, 0);
-      if (!answered) co_return false;
-      DefaultsEntry entry{now, {}};
-      for (const auto& row : o.rows) {
-        if (row.size() < 3 || !row[0]) continue;
-        bool isVolatile = row[1] && *row[1] == "t";
-        if (!isVolatile && row[2]) {
-          protocol::Classification c;
-          registry_.classifier().get("SELECT " + *row[2], c);
-          isVolatile =
-              c.parseError || c.hasNondeterministic || c.hasSideEffectFunction || c.hasUserFunction;
-        }
-        if (isVolatile) entry.volatileColumns.push_back(*row[0]);
-      }
-      if (defaults_.size() > 1000) defaults_.clear();
-      it = defaults_.insert_or_assign(table, std::move(entry)).first;
-    }
-    for (const auto& col : it->second.volatileColumns) {
+    const std::vector<TableColumn>* columns = nullptr;
+    if (!co_await tableColumns(a, w.schema, w.table, columns)) co_return false;
+    for (const auto& col : *columns) {
+      if (!col.volatileDefault || col.generated) continue;
       // Filled by its default unless the statement names it (positional
       // VALUES without a column list cannot be told apart: assumed filled).
-      const bool named = std::find(w.columns.begin(), w.columns.end(), col) != w.columns.end();
+      const bool named = std::find(w.columns.begin(), w.columns.end(), col.name) != w.columns.end();
       if (!named || w.explicitDefault || w.op == protocol::WriteTarget::Op::kMerge) {
         fills = true;
-        which = table + "." + col;
+        which = (w.schema.empty() ? w.table : w.schema + "." + w.table) + "." + col.name;
         co_return true;
       }
     }
@@ -1235,17 +1471,24 @@ awaitable<bool> ClientSession::pump(int idx, Sink sink, Outcome& out, std::size_
   }
   while (true) {
     bool done = false, outOfSync = false, copyIn = false;
-    std::size_t dropTail = 0;  // the ReadyForQuery or CopyInResponse that ends the chunk
+    std::size_t dropTail = 0;    // the ReadyForQuery or CopyInResponse that ends the chunk
+    std::size_t skipPrefix = 0;  // the proxy's own messages that start the chunk
     const auto* chunk = static_cast<const std::uint8_t*>(u.buf.ready().data());
     std::size_t lastFrame = kNone, lastCompletion = kNone;
     auto res = u.buf.scan(
         [maxLen](protocol::Bytes b) { return protocol::parseBackendHeader(b, maxLen); },
         [sink](char t) {
-          return t == 'Z' || t == 'E' || t == 'C' || t == 'S' ||
-                 (t == 'D' && sink == Sink::kCollect);
+          return t == 'Z' || t == 'E' || t == 'C' || t == 'S' || t == '1' || t == '3' ||
+                 ((t == 'D' || t == 'T') && sink == Sink::kCollect);
         },
         [&](const protocol::FrameHeader& h, protocol::Bytes body, bool) {
           const std::size_t at = static_cast<std::size_t>(body.data() - 5 - chunk);
+          if (out.dropLeading > 0 && h.type != 'E' && h.type != 'Z') {
+            // The proxy's own Close/Parse at the head of a rewritten request.
+            --out.dropLeading;
+            if (at == skipPrefix) skipPrefix = at + h.total();
+            return true;
+          }
           switch (h.type) {
             case 'Z': {
               auto st = protocol::decodeReadyForQueryBody(body);
@@ -1287,8 +1530,19 @@ awaitable<bool> ClientSession::pump(int idx, Sink sink, Outcome& out, std::size_
               }
               break;
             }
+            case 'T':
+              if (sink == Sink::kCollect) {
+                if (auto types = protocol::decodeRowDescriptionTypes(body)) out.types = *types;
+              }
+              break;
             case 'D':
               if (sink == Sink::kCollect) {
+                out.collected += h.total();
+                if (out.collected > out.collectLimit) {
+                  out.overLimit = true;
+                  out.rows.clear();
+                  break;
+                }
                 if (auto row = protocol::decodeDataRowBody(body)) {
                   std::vector<std::optional<std::string>> cols;
                   for (const auto& col : *row) {
@@ -1328,9 +1582,9 @@ awaitable<bool> ClientSession::pump(int idx, Sink sink, Outcome& out, std::size_
       metrics().internalBugsTotal().inc();
       co_return false;
     }
-    const std::size_t n = u.buf.ready().size() - dropTail;
+    const std::size_t n = u.buf.ready().size() - dropTail - skipPrefix;
     if (n > 0 && toClient && !clientGone_) {
-      const auto* bytes = static_cast<const std::uint8_t*>(u.buf.ready().data());
+      const auto* bytes = static_cast<const std::uint8_t*>(u.buf.ready().data()) + skipPrefix;
       if (sink == Sink::kStream) {
         clientWriting_ = true;
         auto [ec, w] = co_await client_.writeAll(asio::buffer(bytes, n));
@@ -1339,7 +1593,7 @@ awaitable<bool> ClientSession::pump(int idx, Sink sink, Outcome& out, std::size_
       } else {
         if (lastFrame != kNone) {
           heldCompletion_ = lastCompletion != kNone && lastCompletion == lastFrame
-                                ? held_.size() + lastCompletion
+                                ? held_.size() + lastCompletion - skipPrefix
                                 : kNone;
         }
         held_.insert(held_.end(), bytes, bytes + n);
