@@ -514,6 +514,8 @@ bool contains(const std::string_view (&table)[N], std::string_view name) {
 
 struct Facts {
   bool sideEffect = false;
+  bool sequence = false;     // nextval, setval, currval, lastval
+  bool otherEffect = false;  // any other side effect
   bool nondeterministic = false;
   bool userFunction = false;
   bool locking = false;  // FOR UPDATE / SHARE
@@ -539,6 +541,8 @@ class Classifier {
     if (type == "SelectStmt") {
       walk(body, facts);
       apply(facts, out);
+      out.sequenceOnly = facts.sequence && !facts.otherEffect && !facts.dml &&
+                         !facts.selectInto && !facts.locking && !facts.userFunction;
       if (facts.dml || facts.selectInto || facts.locking || facts.sideEffect) {
         return StatementKind::kWrite;
       }
@@ -700,6 +704,11 @@ class Classifier {
     if (schema.empty() || schema == "pg_catalog") {
       if (contains(kSideEffectFunctions, name)) {
         f.sideEffect = true;
+        if (name == "nextval" || name == "setval" || name == "currval" || name == "lastval") {
+          f.sequence = true;
+        } else {
+          f.otherEffect = true;
+        }
         if (name == "pg_notify") f.notify = true;
         return;
       }
@@ -815,11 +824,15 @@ Classification classifyOrThrow(std::string_view sql) {
   const std::uint32_t stmts = doc.member(0, "stmts");
   const Classifier classifier(doc);
   if (stmts != kNone) {
+    bool sequenceOnly = true;
     for (std::uint32_t s = doc.at(stmts).firstChild; s != kNone; s = doc.at(s).next) {
+      out.sequenceOnly = false;
       const StatementKind k = classifier.statement(doc.member(s, "stmt"), out);
+      sequenceOnly = sequenceOnly && out.sequenceOnly;
       out.statements.push_back(k);
       out.kind = strongest(out.kind, k);
     }
+    out.sequenceOnly = sequenceOnly && !out.statements.empty();
   }
   return out;
 }

@@ -98,6 +98,10 @@ struct Classification {
   // INDEX CONCURRENTLY, CREATE/DROP DATABASE, ALTER SYSTEM, ...): a proxy must
   // not wrap it in BEGIN/COMMIT.
   bool noTransactionBlock = false;
+  // Every statement is a SELECT whose only effect is on sequences (nextval,
+  // setval, currval, lastval): while two servers are written, it runs on the
+  // authoritative side alone (its sequences are the ones in use).
+  bool sequenceOnly = false;
 
   bool operator==(const Classification&) const = default;
 };

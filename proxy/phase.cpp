@@ -202,9 +202,11 @@ awaitable<bool> PhaseController::drain(Clock::time_point deadline) {
   co_return true;
 }
 
-awaitable<PhaseController::Reply> PhaseController::flip(
-    Phase to, std::chrono::milliseconds drainTimeout, config::FlipOnTimeout onTimeout,
-    const std::function<void()>& cancelInFlight) {
+awaitable<PhaseController::Reply> PhaseController::flip(Phase to,
+                                                        std::chrono::milliseconds drainTimeout,
+                                                        config::FlipOnTimeout onTimeout,
+                                                        const std::function<void()>& cancelInFlight,
+                                                        const BeforeSwitch& beforeSwitch) {
   const Phase from = current();
   {
     std::lock_guard lock(mu_);
@@ -246,8 +248,14 @@ awaitable<PhaseController::Reply> PhaseController::flip(
               std::to_string(drainTimeout.count()) + " ms (flip.drain_timeout); phase stays " +
               name(from);
   } else {
+    if (beforeSwitch) {
+      if (auto why = co_await beforeSwitch()) {
+        status = 500;
+        failure = *why + "; phase stays " + name(from);
+      }
+    }
     try {
-      store_.save(to);
+      if (status == 200) store_.save(to);
     } catch (const std::exception& e) {
       status = 500;
       failure = e.what();

@@ -99,9 +99,13 @@ class PhaseController {
   using Reply = AdminReply;
   // The barrier of SPEC §1. `cancelInFlight` ends the transactions still open
   // at the drain timeout when flip.on_timeout is cancel; it is called once.
+  // `beforeSwitch` (optional) runs once every transaction has drained, before
+  // the phase changes; an error it returns abandons the change (500).
+  using BeforeSwitch = std::function<awaitable<std::optional<std::string>>()>;
   awaitable<Reply> flip(Phase to, std::chrono::milliseconds drainTimeout,
                         config::FlipOnTimeout onTimeout,
-                        const std::function<void()>& cancelInFlight);
+                        const std::function<void()>& cancelInFlight,
+                        const BeforeSwitch& beforeSwitch = {});
   // Closes the gate and waits for in-flight transactions to finish. 200 when
   // drained; 503 and the gate reopened when not drained in time (a pause that
   // cannot drain would only stall the application).

@@ -11,6 +11,7 @@
 #include "proxy/client_session.h"
 #include "proxy/logging.h"
 #include "proxy/metrics.h"
+#include "proxy/sequence_sync.h"
 
 namespace pghandoff::proxy {
 
@@ -113,8 +114,55 @@ awaitable<AdminReply> ProxyServer::setPhase(std::string name,
         std::string(phaseName(from)) + "\"}";
     co_return AdminReply{409, std::move(body)};
   }
-  co_return co_await phases_->flip(to, drain.value_or(rt->cfg.flip.drainTimeout),
-                                   rt->cfg.flip.onTimeout, [this] { cancelInFlight(); });
+  // A flip that moves authority sets the new authoritative side's sequences
+  // from the old one's, with every transaction drained (sequence_sync.h).
+  // The connections are made before new transactions are held.
+  const bool moves = !refuseTransition(from, to) && rt->target && from != to &&
+                     targetAuthoritative(from) != targetAuthoritative(to);
+  if (!moves) {
+    co_return co_await phases_->flip(to, drain.value_or(rt->cfg.flip.drainTimeout),
+                                     rt->cfg.flip.onTimeout, [this] { cancelInFlight(); });
+  }
+  const bool toTarget = targetAuthoritative(to);
+  auto ex = mainIo_.get_executor();
+  auto oldSide = std::make_shared<ServerConnection>(ex, toTarget ? rt->sourceTls : rt->targetTls);
+  auto newSide = std::make_shared<ServerConnection>(ex, toTarget ? rt->targetTls : rt->sourceTls);
+  const config::ConnInfo& oldInfo = toTarget ? rt->source : *rt->target;
+  const config::ConnInfo& newInfo = toTarget ? *rt->target : rt->source;
+  const std::vector<std::pair<std::string, std::string>> params = {
+      {"application_name", "pghandoff sequence sync"}};
+  const std::chrono::milliseconds loginTimeout(10000);
+  LoginResult l1 = co_await oldSide->login(oldInfo, params, loginTimeout);
+  LoginResult l2;
+  if (l1.ok) l2 = co_await newSide->login(newInfo, params, loginTimeout);
+  if (!l1.ok || !l2.ok) {
+    const std::string why = !l1.ok ? l1.error.message : l2.error.message;
+    std::string body =
+        "{\"error\":\"cannot reach the servers to carry the sequences over: " + jsonEscape(why) +
+        "\",\"phase\":\"" + std::string(phaseName(from)) + "\"}";
+    oldSide->stream().close();
+    newSide->stream().close();
+    co_return AdminReply{503, std::move(body)};
+  }
+  // Named, not temporaries of the co_await expression (GCC 12).
+  const std::function<void()> cancel = [this] { cancelInFlight(); };
+  const PhaseController::BeforeSwitch sync = [oldSide, newSide, from,
+                                              to]() -> awaitable<std::optional<std::string>> {
+    std::size_t synced = 0;
+    auto err = co_await syncSequences(*oldSide, *newSide, synced);
+    if (err) {
+      spdlog::error("phase change {} -> {}: {}", phaseName(from), phaseName(to), *err);
+    } else {
+      spdlog::info("phase change {} -> {}: {} sequences set from the {}", phaseName(from),
+                   phaseName(to), synced, targetAuthoritative(to) ? "source" : "target");
+    }
+    co_return err;
+  };
+  const std::chrono::milliseconds drainFor = drain.value_or(rt->cfg.flip.drainTimeout);
+  auto reply = co_await phases_->flip(to, drainFor, rt->cfg.flip.onTimeout, cancel, sync);
+  oldSide->stream().close();
+  newSide->stream().close();
+  co_return reply;
 }
 
 awaitable<AdminReply> ProxyServer::pause(std::optional<std::chrono::milliseconds> drain) {

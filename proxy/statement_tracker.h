@@ -24,7 +24,7 @@ class StatementTracker {
   struct Info {
     Kind kind = Kind::kUnknown;
     protocol::TxControl tx = protocol::TxControl::kNone;
-    bool authoritativeOnly = false;  // cursors, LISTEN/NOTIFY
+    bool authoritativeOnly = false;  // cursors, LISTEN/NOTIFY, sequence-only SELECTs
     bool copyFrom = false;
     bool noTransactionBlock = false;
     bool nondeterministic = false;  // now(), random(), gen_random_uuid(), ...
@@ -33,7 +33,7 @@ class StatementTracker {
   [[nodiscard]] static Info infoOf(const protocol::Classification& c) {
     return Info{c.kind,
                 c.statements.size() == 1 ? c.txControl : protocol::TxControl::kNone,
-                c.cursor || c.listenNotify,
+                c.cursor || c.listenNotify || c.sequenceOnly,
                 c.copyFrom,
                 c.noTransactionBlock,
                 c.hasNondeterministic};

@@ -806,6 +806,54 @@ TEST_F(Mirror, InsertsGetTheSameGeneratedValuesOnBothServers) {
   EXPECT_EQ(source_->psql("SELECT count(DISTINCT u) FROM serials"), "56");
 }
 
+// Sequences (F25): while both servers are written only the authoritative
+// side's advance (INSERTs take their values there; a SELECT of nextval()
+// alone runs there); the flip that moves authority sets the new
+// authoritative side's sequences from the old one's, both ways; a sequence
+// the new side lacks abandons the flip.
+TEST_F(Mirror, SequencesFollowAuthorityAtTheFlips) {
+  for (PgCluster* cl : {source_.get(), target_.get()}) {
+    cl->psql(
+        "DROP SEQUENCE IF EXISTS standalone, only_source; DROP TABLE IF EXISTS seqt;"
+        "CREATE TABLE seqt (id bigserial PRIMARY KEY, v text); CREATE SEQUENCE standalone");
+  }
+  startProxy();
+  PqConn c(proxy_->url());
+  ASSERT_TRUE(c.ok()) << c.error();
+  flip("mirror");
+  for (int i = 0; i < 5; ++i) c.execOrThrow("INSERT INTO seqt (v) VALUES ('s')");
+  for (int i = 1; i <= 3; ++i) {
+    EXPECT_EQ(c.execOrThrow("SELECT nextval('standalone')").value(), std::to_string(i));
+  }
+  const std::string positions =
+      "SELECT (SELECT last_value || '/' || is_called FROM seqt_id_seq) || ' ' || "
+      "(SELECT last_value || '/' || is_called FROM standalone)";
+  EXPECT_EQ(source_->psql(positions), "5/true 3/true");
+  EXPECT_EQ(target_->psql(positions), "1/false 1/false");  // not used while mirroring
+  flip("mirror-read-target");
+  EXPECT_EQ(target_->psql(positions), "1/false 1/false");
+  flip("reverse-mirror");
+  EXPECT_EQ(target_->psql(positions), "5/true 3/true");
+  // The target is authoritative: its sequences give the values now.
+  EXPECT_EQ(c.execOrThrow("INSERT INTO seqt (v) VALUES ('t') RETURNING id").value(), "6");
+  EXPECT_EQ(c.execOrThrow("SELECT nextval('standalone')").value(), "4");
+  flip("mirror-read-target");  // a rollback: the source takes them back
+  EXPECT_EQ(source_->psql(positions), "6/true 4/true");
+  EXPECT_EQ(c.execOrThrow("INSERT INTO seqt (v) VALUES ('s') RETURNING id").value(), "7");
+  // A sequence the target lacks: the flip is abandoned, the phase stays.
+  source_->psql("CREATE SEQUENCE only_source");
+  auto r = proxy_->http("POST", "/phase", R"({"phase":"reverse-mirror"})");
+  EXPECT_EQ(r.status, 500) << r.body;
+  EXPECT_NE(r.body.find("setting the sequences failed"), std::string::npos) << r.body;
+  EXPECT_EQ(proxy_->http("GET", "/phase").body.find("mirror-read-target") != std::string::npos,
+            true);
+  EXPECT_EQ(c.execOrThrow("INSERT INTO seqt (v) VALUES ('s') RETURNING id").value(), "8");
+  source_->psql("DROP SEQUENCE only_source");
+  flip("reverse-mirror");
+  EXPECT_EQ(target_->psql(positions), "8/true 4/true");
+  expectSame("SELECT string_agg(id || v, ',' ORDER BY id) FROM seqt");
+}
+
 // F10 under mirroring: a client that vanishes inside a transaction leaves
 // nothing on either server and no server session behind.
 TEST_F(Mirror, ClientVanishingInsideAMirroredTransactionLeavesNothing) {

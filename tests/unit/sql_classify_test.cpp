@@ -514,3 +514,25 @@ TEST(SqlClassifyTest, StatementsRefusedInsideATransactionBlock) {
 
 }  // namespace
 }  // namespace pghandoff::protocol
+
+namespace pghandoff::protocol {
+namespace {
+
+TEST(Classify, SequenceOnlySelects) {
+  for (const char* sql :
+       {"SELECT nextval('s')", "SELECT setval('s', (SELECT max(id) FROM t))",
+        "SELECT currval('s'), lastval()", "SELECT nextval('a'); SELECT nextval('b')",
+        "SELECT id, nextval('s') FROM t WHERE id > $1"}) {
+    EXPECT_TRUE(classify(sql).sequenceOnly) << sql;
+  }
+  for (const char* sql :
+       {"SELECT 1", "SELECT nextval('s'), pg_advisory_lock(1)", "SELECT nextval('s') FOR UPDATE",
+        "SELECT nextval('s'); DELETE FROM t", "INSERT INTO t VALUES (nextval('s'))",
+        "WITH x AS (INSERT INTO t VALUES (1) RETURNING id) SELECT nextval('s')",
+        "SELECT nextval('s'), my_func()", "SELECT nextval('s') INTO t2"}) {
+    EXPECT_FALSE(classify(sql).sequenceOnly) << sql;
+  }
+}
+
+}  // namespace
+}  // namespace pghandoff::protocol
