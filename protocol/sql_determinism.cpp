@@ -21,6 +21,7 @@
 #include <cstring>
 #include <utility>
 
+#include "protocol/sql_classify.h"
 #include "protocol/sql_json.h"
 
 namespace pghandoff::protocol {
@@ -1034,6 +1035,86 @@ InsertShape analyzeInsert(std::string_view sql) {
   } catch (...) {  // allocation failure
     return InsertShape{};
   }
+}
+
+namespace {
+
+// One embedded expression or statement of a PL/pgSQL body.
+void judgeQuery(std::string_view query, TriggerFunctionAnalysis& out) {
+  if (out.perServer) return;
+  std::string text(query);
+  Classification c = classify(text);
+  DeterminismAnalysis d;
+  if (c.parseError) {
+    // An expression ("TG_OP = 'INSERT'") or an assignment ("NEW.at := now()"):
+    // as a SELECT of it, ":=" read as "=", to find its calls.
+    std::string expr = text;
+    for (std::size_t p = expr.find(":="); p != std::string::npos; p = expr.find(":=", p)) {
+      expr.replace(p, 2, " =");
+    }
+    text = "SELECT " + expr;
+    c = classify(text);
+  }
+  if (c.parseError) {
+    out.perServer = true;
+    out.reason = "a statement pghandoff cannot parse (" + std::string(query.substr(0, 60)) + ")";
+    return;
+  }
+  d = analyzeDeterminism(text);
+  if (!d.calls.empty()) {
+    out.perServer = true;
+    out.reason = "it calls " + d.calls.front().function;
+    return;
+  }
+  if (c.hasNondeterministic || c.hasSideEffectFunction || c.hasUserFunction ||
+      !d.unsupported.empty()) {
+    out.perServer = true;
+    out.reason = c.hasUserFunction ? "it calls a function pghandoff cannot judge"
+                                   : "it computes values per server";
+    return;
+  }
+  for (auto& w : d.writes) out.writes.push_back(std::move(w));
+}
+
+}  // namespace
+
+TriggerFunctionAnalysis analyzeTriggerFunction(std::string_view createFunction) {
+  TriggerFunctionAnalysis out;
+  try {
+    if (createFunction.find('\0') != std::string_view::npos) {
+      out.perServer = true;
+      out.reason = "its body cannot be read";
+      return out;
+    }
+    const std::string text(createFunction);
+    PgQueryPlpgsqlParseResult r = pg_query_parse_plpgsql(text.c_str());
+    struct Guard {
+      PgQueryPlpgsqlParseResult& r;
+      ~Guard() { pg_query_free_plpgsql_parse_result(r); }
+    } guard{r};
+    JsonDoc doc;
+    if (r.error != nullptr || r.plpgsql_funcs == nullptr ||
+        !doc.parse(r.plpgsql_funcs, std::strlen(r.plpgsql_funcs))) {
+      out.perServer = true;
+      out.reason = "its PL/pgSQL body does not parse";
+      return out;
+    }
+    for (std::uint32_t i = 0; i < doc.size() && !out.perServer; ++i) {
+      const sqljson::JsonNode& n = doc.at(i);
+      if (n.type != JsonType::kObject) continue;
+      if (n.key == "PLpgSQL_stmt_dynexecute" || n.key == "PLpgSQL_stmt_dynfors" ||
+          n.key == "PLpgSQL_stmt_open") {
+        out.perServer = true;
+        out.reason = "it runs dynamic SQL (EXECUTE) or opens a cursor";
+      } else if (n.key == "PLpgSQL_expr") {
+        judgeQuery(doc.stringMember(i, "query"), out);
+      }
+    }
+  } catch (...) {
+    out.perServer = true;
+    out.reason = "its body cannot be read";
+  }
+  return out;
 }
 
 std::optional<std::string> substitute(std::string_view sql, std::vector<Replacement> r) {

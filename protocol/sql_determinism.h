@@ -160,6 +160,19 @@ struct InsertShape {
 // Never throws; ok == false for anything but a single INSERT statement.
 [[nodiscard]] InsertShape analyzeInsert(std::string_view sql);
 
+// A PL/pgSQL trigger function (pg_get_functiondef's CREATE FUNCTION text),
+// judged for what a mirror would compute differently when the trigger fires
+// on both servers: calls with per-server values (now(), nextval(), random(),
+// clock time, uuids), side effects, functions that are not known built-ins,
+// dynamic SQL (EXECUTE), and anything that does not parse. `writes` lists the
+// tables its statements write (the caller checks their column defaults).
+struct TriggerFunctionAnalysis {
+  bool perServer = false;
+  std::string reason;  // what, when perServer
+  std::vector<WriteTarget> writes;
+};
+[[nodiscard]] TriggerFunctionAnalysis analyzeTriggerFunction(std::string_view createFunction);
+
 // Never throws; any failure (allocation included) yields parsed == false.
 // An embedded NUL is a parse failure (a Query/Parse message carries a C string).
 [[nodiscard]] DeterminismAnalysis analyzeDeterminism(std::string_view sql);

@@ -203,10 +203,22 @@ class ClientSession : public std::enable_shared_from_this<ClientSession> {
   awaitable<bool> fillsVolatileDefault(int a, const Unit& u,
                                        const protocol::DeterminismAnalysis* query, bool& fills,
                                        std::string& which);
+  struct TableTrigger {
+    std::string name;
+    int events = 0;         // tgtype bits: 4 INSERT, 8 DELETE, 16 UPDATE
+    std::string perServer;  // why it would compute values per server; empty: it would not
+  };
   struct DefaultsEntry {
     std::chrono::steady_clock::time_point at;
     std::vector<TableColumn> columns;  // in table order; empty: no such table
+    std::vector<TableTrigger> triggers;
   };
+  // A trigger that fires for one of the request's writes and would compute
+  // values per server on the mirror: its description in `which`. False when
+  // the authoritative side is lost.
+  awaitable<bool> perServerTrigger(int a, const Unit& u, const protocol::DeterminismAnalysis* query,
+                                   std::string& which);
+  int catalogDepth_ = 0;  // tableColumns inside tableColumns (a trigger's target tables)
   std::unordered_map<std::string, DefaultsEntry> defaults_;
   // The table's columns as the authoritative side's catalog has them (the
   // name resolved by this session's search_path), cached a few seconds.

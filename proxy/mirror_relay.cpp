@@ -658,6 +658,22 @@ awaitable<bool> ClientSession::runUnit(const Unit& u) {
   for (const auto& d : u.analyses) perServer = perServer || !d.calls.empty();
   const bool pinnable = u.ready && !u.txControl && (wrap || clientTx == 'T');
 
+  // Triggers fire on both servers: one that would compute values per server
+  // (now(), a sequence, ...) makes the write nondeterministic, whatever the
+  // statement's own text.
+  if (writes && !registry_.mirrorBroken()) {
+    std::string trigger;
+    if (!co_await perServerTrigger(a, u, queryDet, trigger)) {
+      co_await lockstepLost(a);
+      co_return false;
+    }
+    if (!trigger.empty()) {
+      bool refused = false;
+      if (!co_await nondeterministicPolicy(u, a, trigger, refused)) co_return false;
+      if (refused) co_return true;
+    }
+  }
+
   // An INSERT's per-server values (column defaults, volatile calls in its
   // rows) are fetched once on the authoritative side and written into the
   // text both sides run (proxy/insert_pin.h).
@@ -1111,6 +1127,42 @@ std::vector<std::uint8_t> ClientSession::pinnedExtended(const Unit& u, const std
   return out;
 }
 
+namespace {
+
+// Does a write leave a column with a per-server default to that default?
+// (Positional VALUES without a column list cannot be told apart: assumed.)
+bool fillsDefault(const protocol::WriteTarget& w, const std::vector<TableColumn>& columns,
+                  std::string& which) {
+  if (w.op == protocol::WriteTarget::Op::kDelete) return false;
+  if (w.op == protocol::WriteTarget::Op::kUpdate && !w.explicitDefault) return false;
+  for (const auto& col : columns) {
+    if (!col.volatileDefault || col.generated) continue;
+    const bool named = std::find(w.columns.begin(), w.columns.end(), col.name) != w.columns.end();
+    if (!named || w.explicitDefault || w.op == protocol::WriteTarget::Op::kMerge) {
+      which = (w.schema.empty() ? w.table : w.schema + "." + w.table) + "." + col.name;
+      return true;
+    }
+  }
+  return false;
+}
+
+int eventOf(protocol::WriteTarget::Op op) {
+  switch (op) {
+    case protocol::WriteTarget::Op::kInsert:
+    case protocol::WriteTarget::Op::kCopyFrom:
+      return 4;
+    case protocol::WriteTarget::Op::kDelete:
+      return 8;
+    case protocol::WriteTarget::Op::kUpdate:
+      return 16;
+    case protocol::WriteTarget::Op::kMerge:
+      return 4 | 8 | 16;
+  }
+  return 4 | 8 | 16;
+}
+
+}  // namespace
+
 awaitable<bool> ClientSession::tableColumns(int a, const std::string& schema,
                                             const std::string& table,
                                             const std::vector<TableColumn>*& out) {
@@ -1138,7 +1190,7 @@ awaitable<bool> ClientSession::tableColumns(int a, const std::string& schema,
     Outcome o;
     bool answered = co_await exchange(a, msg, Sink::kCollect, o, 0);
     if (!answered) co_return false;
-    DefaultsEntry entry{now, {}};
+    DefaultsEntry entry{now, {}, {}};
     for (const auto& row : o.rows) {
       if (row.size() < 5 || !row[0] || !row[1]) continue;
       TableColumn c;
@@ -1156,10 +1208,93 @@ awaitable<bool> ClientSession::tableColumns(int a, const std::string& schema,
       }
       entry.columns.push_back(std::move(c));
     }
+    // Its triggers (enabled for ordinary sessions), and whether each would
+    // compute values per server when it fires on the mirror too.
+    if (!entry.columns.empty()) {
+      const std::string tq =
+          "SELECT t.tgname, t.tgtype, l.lanname, n.nspname, CASE WHEN l.lanname = 'plpgsql' THEN "
+          "pg_catalog.pg_get_functiondef(p.oid) END FROM pg_catalog.pg_trigger t JOIN "
+          "pg_catalog.pg_proc p ON p.oid = t.tgfoid JOIN pg_catalog.pg_language l ON l.oid = "
+          "p.prolang JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace WHERE t.tgrelid = "
+          "pg_catalog.to_regclass(" +
+          literal + ") AND NOT t.tgisinternal AND t.tgenabled IN ('O', 'A') ORDER BY 1";
+      msg.clear();
+      protocol::encodeQuery(tq, msg);
+      Outcome to;
+      answered = co_await exchange(a, msg, Sink::kCollect, to, 0);
+      if (!answered) co_return false;
+      for (const auto& row : to.rows) {
+        if (row.size() < 5 || !row[0] || !row[1] || !row[2] || !row[3]) continue;
+        TableTrigger t;
+        t.name = *row[0];
+        t.events = std::atoi(row[1]->c_str()) & (4 | 8 | 16);
+        if (*row[2] != "plpgsql") {
+          // Built-in trigger functions (tsvector_update_trigger, ...) compute
+          // from the row alone; others cannot be read.
+          if (*row[3] != "pg_catalog") t.perServer = "its function is written in " + *row[2];
+        } else if (!row[4]) {
+          t.perServer = "its function cannot be read";
+        } else {
+          auto judged = protocol::analyzeTriggerFunction(*row[4]);
+          t.perServer = judged.reason;
+          if (!judged.perServer && catalogDepth_ < 2) {
+            // What it inserts gets its column defaults filled on each server.
+            ++catalogDepth_;
+            for (const auto& w : judged.writes) {
+              const std::vector<TableColumn>* cols = nullptr;
+              bool alive = co_await tableColumns(a, w.schema, w.table, cols);
+              if (!alive) {
+                --catalogDepth_;
+                co_return false;
+              }
+              std::string which;
+              if (fillsDefault(w, *cols, which)) {
+                t.perServer = "it fills the column default of " + which;
+                break;
+              }
+            }
+            --catalogDepth_;
+          }
+          if (judged.perServer && t.perServer.empty())
+            t.perServer = "it computes values per server";
+        }
+        entry.triggers.push_back(std::move(t));
+      }
+    }
     if (defaults_.size() > 1000) defaults_.clear();
     it = defaults_.insert_or_assign(name, std::move(entry)).first;
   }
   out = &it->second.columns;
+  co_return true;
+}
+
+awaitable<bool> ClientSession::perServerTrigger(int a, const Unit& u,
+                                                const protocol::DeterminismAnalysis* query,
+                                                std::string& which) {
+  which.clear();
+  std::vector<const protocol::WriteTarget*> writes;
+  if (query != nullptr) {
+    for (const auto& w : query->writes) writes.push_back(&w);
+  }
+  for (const auto& d : u.analyses) {
+    for (const auto& w : d.writes) writes.push_back(&w);
+  }
+  for (const protocol::WriteTarget* w : writes) {
+    const std::vector<TableColumn>* columns = nullptr;
+    if (!co_await tableColumns(a, w->schema, w->table, columns)) co_return false;
+    const std::string name = w->schema.empty()
+                                 ? sqlIdentifier(w->table)
+                                 : sqlIdentifier(w->schema) + "." + sqlIdentifier(w->table);
+    auto it = defaults_.find(name);
+    if (it == defaults_.end()) continue;
+    for (const auto& t : it->second.triggers) {
+      if ((t.events & eventOf(w->op)) == 0 || t.perServer.empty()) continue;
+      which = "its trigger " + t.name + " on " +
+              (w->schema.empty() ? w->table : w->schema + "." + w->table) +
+              " would compute values on each server for itself (" + t.perServer + ")";
+      co_return true;
+    }
+  }
   co_return true;
 }
 
@@ -1180,16 +1315,9 @@ awaitable<bool> ClientSession::fillsVolatileDefault(int a, const Unit& u,
     if (w.op == protocol::WriteTarget::Op::kUpdate && !w.explicitDefault) continue;
     const std::vector<TableColumn>* columns = nullptr;
     if (!co_await tableColumns(a, w.schema, w.table, columns)) co_return false;
-    for (const auto& col : *columns) {
-      if (!col.volatileDefault || col.generated) continue;
-      // Filled by its default unless the statement names it (positional
-      // VALUES without a column list cannot be told apart: assumed filled).
-      const bool named = std::find(w.columns.begin(), w.columns.end(), col.name) != w.columns.end();
-      if (!named || w.explicitDefault || w.op == protocol::WriteTarget::Op::kMerge) {
-        fills = true;
-        which = (w.schema.empty() ? w.table : w.schema + "." + w.table) + "." + col.name;
-        co_return true;
-      }
+    if (fillsDefault(w, *columns, which)) {
+      fills = true;
+      co_return true;
     }
   }
   if (!u.analysesComplete) {

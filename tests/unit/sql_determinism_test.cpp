@@ -576,3 +576,41 @@ TEST(SqlDeterminism, CostReport) {
 
 }  // namespace
 }  // namespace pghandoff::protocol
+
+namespace pghandoff::protocol {
+namespace {
+
+std::string triggerFunction(const std::string& body) {
+  return "CREATE OR REPLACE FUNCTION public.f() RETURNS trigger LANGUAGE plpgsql AS $function$ " +
+         body + " $function$";
+}
+
+TEST(TriggerFunction, DeterministicBodiesAndWhatTheyWrite) {
+  auto t = analyzeTriggerFunction(triggerFunction(
+      "BEGIN IF TG_OP = 'INSERT' THEN INSERT INTO audit (item, op, qty) VALUES (NEW.id, TG_OP, "
+      "NEW.qty); END IF; NEW.v := lower(NEW.v); RETURN NEW; END"));
+  EXPECT_FALSE(t.perServer) << t.reason;
+  ASSERT_EQ(t.writes.size(), 1u);
+  EXPECT_EQ(t.writes[0].table, "audit");
+  EXPECT_EQ(t.writes[0].columns, (std::vector<std::string>{"item", "op", "qty"}));
+}
+
+TEST(TriggerFunction, PerServerBodies) {
+  for (const char* body : {
+           "BEGIN NEW.updated_at := now(); RETURN NEW; END",
+           "BEGIN NEW.updated_at = clock_timestamp(); RETURN NEW; END",
+           "BEGIN INSERT INTO audit VALUES (nextval('s'), NEW.id); RETURN NEW; END",
+           "BEGIN PERFORM pg_notify('c', NEW.id::text); RETURN NEW; END",
+           "BEGIN PERFORM my_helper(NEW.id); RETURN NEW; END",
+           "BEGIN EXECUTE format('INSERT INTO %I VALUES (1)', TG_TABLE_NAME); RETURN NEW; END",
+           "DECLARE r float8 := random(); BEGIN RETURN NEW; END",
+       }) {
+    auto t = analyzeTriggerFunction(triggerFunction(body));
+    EXPECT_TRUE(t.perServer) << body;
+    EXPECT_FALSE(t.reason.empty()) << body;
+  }
+  EXPECT_TRUE(analyzeTriggerFunction("not a function").perServer);
+}
+
+}  // namespace
+}  // namespace pghandoff::protocol
