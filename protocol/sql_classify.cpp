@@ -541,8 +541,8 @@ class Classifier {
     if (type == "SelectStmt") {
       walk(body, facts);
       apply(facts, out);
-      out.sequenceOnly = facts.sequence && !facts.otherEffect && !facts.dml &&
-                         !facts.selectInto && !facts.locking && !facts.userFunction;
+      out.sequenceOnly = facts.sequence && !facts.otherEffect && !facts.dml && !facts.selectInto &&
+                         !facts.locking && !facts.userFunction;
       if (facts.dml || facts.selectInto || facts.locking || facts.sideEffect) {
         return StatementKind::kWrite;
       }
