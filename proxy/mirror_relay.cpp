@@ -28,9 +28,13 @@
 // per server (random() in an UPDATE, ...) follows mirror.nondeterministic
 // (reject | warn).
 //
-// Not built yet (issue 3, next steps): triggers (invisible in the text, NOT
-// detected); COPY FROM through the extended protocol (0A000); two-phase
-// commit; async mode. Notifications arriving while a session is idle are
+// Triggers fire on both servers: each trigger of a written table is judged
+// from its PL/pgSQL body; one that would compute values per server follows
+// mirror.nondeterministic too.
+//
+// Not built yet (issue 3, next steps): making such triggers deterministic;
+// COPY FROM through the extended protocol (0A000); two-phase commit; async
+// mode. Notifications arriving while a session is idle are
 // delivered with its next answer.
 #include <spdlog/spdlog.h>
 
