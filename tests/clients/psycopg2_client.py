@@ -32,7 +32,7 @@ import psycopg2
 import psycopg2.errors
 import psycopg2.extensions
 
-SCENARIOS = ("basic", "copy", "notify", "cancel", "large")
+SCENARIOS = ("basic", "copy", "notify", "cancel", "large", "ledger")
 
 
 class CheckFailed(Exception):
@@ -484,6 +484,62 @@ def scenario_large(dsn, prefix, ck, tables):
     ck.equal("100k rows through a server-side cursor", (count, total, in_order),
              (100000, 100000 * 100001 // 2, True))
     conn.close()
+
+
+# --------------------------------------------------------------------------- ledger
+
+def scenario_ledger(dsn, prefix, ck, tables):
+    """Writes for PGHANDOFF_LEDGER_SECONDS into a table the caller made
+    (PGHANDOFF_LEDGER_TABLE, kept afterwards) and reports what was acknowledged,
+    so the caller can check every acknowledged row on both servers. Its id,
+    created_at and uuid come from column defaults; every error is a failure."""
+    del prefix, tables  # the caller's table stays
+    table = os.environ.get("PGHANDOFF_LEDGER_TABLE", "ledger")
+    seconds = float(os.environ.get("PGHANDOFF_LEDGER_SECONDS", "5"))
+    name = os.environ.get("PGHANDOFF_LEDGER_CLIENT", "psycopg2")
+    conn = connect(dsn)
+    conn.autocommit = True
+    acked = keysum = k = errors = 0
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        k += 1
+        try:
+            if k % 3 == 0:
+                # Two rows in one transaction (psycopg2 sends the BEGIN).
+                conn.autocommit = False
+                with conn.cursor() as cur:
+                    cur.execute(f"INSERT INTO {table} (client, k, amount) VALUES (%s, %s, %s)"
+                                " RETURNING id", (name, k, decimal.Decimal(k) / 4))
+                    cur.fetchone()
+                    cur.execute(f"INSERT INTO {table} (client, k, amount) VALUES (%s, %s, 0)",
+                                (name, k + 1000000))
+                conn.commit()
+                conn.autocommit = True
+                acked += 2
+                keysum += 2 * k + 1000000
+            else:
+                with conn.cursor() as cur:
+                    cur.execute(f"INSERT INTO {table} (client, k, amount, note) VALUES"
+                                " (%s, %s, %s, %s) RETURNING id, created_at, u",
+                                (name, k, k, "autocommit"))
+                    cur.fetchone()
+                acked += 1
+                keysum += k
+            with conn.cursor() as cur:
+                cur.execute(f"SELECT count(*) FROM {table} WHERE client = %s", (name,))
+                cur.fetchone()
+        except psycopg2.Error as exc:
+            errors += 1
+            print(f"error: SQLSTATE {exc.pgcode}: {str(exc).strip()}", flush=True)
+            if not conn.closed:
+                conn.rollback()
+                conn.autocommit = True
+            else:
+                conn = connect(dsn)
+                conn.autocommit = True
+    ck.equal("errors while writing", errors, 0)
+    ck.check("wrote rows", acked > 0)
+    print(f"ledger {name}: acked={acked} keysum={keysum}", flush=True)
 
 
 # --------------------------------------------------------------------------- main

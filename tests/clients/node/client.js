@@ -13,7 +13,7 @@
 const assert = require('node:assert');
 const { Client } = require('pg');
 
-const SCENARIOS = ['basic', 'pipeline', 'prepared', 'errors', 'transaction'];
+const SCENARIOS = ['basic', 'pipeline', 'prepared', 'errors', 'transaction', 'ledger'];
 
 class CheckFailed extends Error {}
 
@@ -476,12 +476,59 @@ async function scenarioTransaction(prefix, ck, tables) {
 
 // ------------------------------------------------------------------------------ main
 
+// Writes for PGHANDOFF_LEDGER_SECONDS into a table the caller made
+// (PGHANDOFF_LEDGER_TABLE, kept afterwards) through the extended protocol
+// (unnamed statements, a named prepared one, transactions) and reports what was
+// acknowledged; every error is a failure.
+async function scenarioLedger(prefix, ck, tables) {
+  const table = process.env.PGHANDOFF_LEDGER_TABLE || 'ledger';
+  const seconds = Number(process.env.PGHANDOFF_LEDGER_SECONDS || '5');
+  const name = process.env.PGHANDOFF_LEDGER_CLIENT || 'node';
+  const client = await connect();
+  let acked = 0;
+  let keysum = 0;
+  let errors = 0;
+  let k = 0;
+  const deadline = Date.now() + seconds * 1000;
+  try {
+    while (Date.now() < deadline) {
+      k += 1;
+      try {
+        if (k % 3 === 0) {
+          await client.query('BEGIN');
+          await client.query(`INSERT INTO ${table} (client, k, amount) VALUES ($1, $2, $3)`, [name, k, k / 4]);
+          await client.query({ name: 'ledger_ins', text: `INSERT INTO ${table} (client, k, amount) VALUES ($1, $2, 0) RETURNING id`, values: [name, k + 1000000] });
+          await client.query('COMMIT');
+          acked += 2;
+          keysum += 2 * k + 1000000;
+        } else {
+          const r = await client.query({ name: 'ledger_ins', text: `INSERT INTO ${table} (client, k, amount) VALUES ($1, $2, 0) RETURNING id`, values: [name, k] });
+          if (r.rows.length !== 1) throw new Error('no id returned');
+          acked += 1;
+          keysum += k;
+        }
+        await client.query(`SELECT count(*) FROM ${table} WHERE client = $1`, [name]);
+      } catch (err) {
+        errors += 1;
+        console.log(`error: SQLSTATE ${err.code || ''}: ${err.message}`);
+        await client.query('ROLLBACK').catch(() => {});
+      }
+    }
+  } finally {
+    await client.end().catch(() => {});
+  }
+  ck.equal('errors while writing', errors, 0);
+  ck.check('wrote rows', acked > 0);
+  console.log(`ledger ${name}: acked=${acked} keysum=${keysum}`);
+}
+
 const RUNNERS = {
   basic: scenarioBasic,
   pipeline: scenarioPipeline,
   prepared: scenarioPrepared,
   errors: scenarioErrors,
   transaction: scenarioTransaction,
+  ledger: scenarioLedger,
 };
 
 const CONNECTION_CODES = new Set(['ECONNREFUSED', 'ECONNRESET', 'ENOTFOUND', 'ETIMEDOUT', 'EPIPE',
