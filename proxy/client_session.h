@@ -243,6 +243,18 @@ class ClientSession : public std::enable_shared_from_this<ClientSession> {
   awaitable<bool> mirrorExtended(bool ready);
   awaitable<bool> runUnit(const Unit& u);
   awaitable<bool> mirrorCommit(const Unit& u, int a, int m);
+  // mirror.two_phase_commit: PREPARE TRANSACTION on the mirror, then on the
+  // authoritative side; COMMIT PREPARED on the mirror, then the authoritative
+  // side. A failing PREPARE on either side leaves nothing committed anywhere.
+  enum class TwoPhase : std::uint8_t {
+    kCommitted,     // on both (or decided: a mirror that missed COMMIT PREPARED gets it later)
+    kMirrorFailed,  // the mirror could not prepare: nothing committed; `why` says
+    kRefused,       // the authoritative side could not prepare: `refusal` is the answer
+    kLost,          // the authoritative side is gone (the session must end)
+  };
+  awaitable<TwoPhase> commitTwoPhase(int a, int m, std::optional<protocol::ErrorFields>& refusal,
+                                     std::string& why);
+  std::uint64_t gidCounter_ = 0;
   awaitable<bool> syncAfterError();
   awaitable<bool> answer(bool ready, char status);
   awaitable<bool> failTransaction(int a);

@@ -39,6 +39,8 @@
 #include <spdlog/spdlog.h>
 
 #include <algorithm>
+#include <cstdio>
+#include <random>
 
 #include "protocol/frame.h"
 #include "protocol/frontend.h"
@@ -1051,7 +1053,38 @@ awaitable<bool> ClientSession::settle(const Unit& u, FailBoth fb, const Outcome&
     }
   }
 
-  // 3. Commit: the mirror first, then the authoritative side.
+  // 3. Commit: the mirror first, then the authoritative side (both prepared
+  // first under mirror.two_phase_commit).
+  if (wrap && wrapMirror && up_[m].conn && rt_->cfg.mirror.twoPhaseCommit) {
+    std::optional<protocol::ErrorFields> refusal;
+    std::string why;
+    const TwoPhase r = co_await commitTwoPhase(a, m, refusal, why);
+    if (r == TwoPhase::kLost) {
+      co_await lockstepLost(a);
+      co_return false;
+    }
+    if (r == TwoPhase::kRefused) {
+      held_.clear();
+      holdError(*refusal);
+      co_return co_await finishUnit('I');
+    }
+    if (r == TwoPhase::kMirrorFailed) {
+      mirrorFailed(m, MirrorErrorReason::kCommitFailed, why);
+      if (failClient) {
+        const std::string failure = std::string("the ") + sideName(m) +
+                                    " server could not prepare this statement's transaction (" +
+                                    why + "; mirror.on_target_error: fail-client)";
+        co_return co_await failBoth(fb, failure);
+      }
+      Outcome ac;
+      co_await runOwn(a, kCommit, ac);
+      if (!up_[a].conn) {
+        co_await lockstepLost(a);
+        co_return false;
+      }
+    }
+    co_return co_await finishUnit('I');
+  }
   if (wrapMirror && up_[m].conn) {
     Outcome mc;
     bool committed = co_await runOwn(m, kCommit, mc);
@@ -1506,6 +1539,63 @@ awaitable<bool> ClientSession::mirrorCommit(const Unit& u, int a, int m) {
   const bool failClient = rt_->cfg.mirror.onTargetError == config::OnTargetError::kFailClient;
   const std::size_t expect = u.ready ? 0 : u.expected;
 
+  // A plain COMMIT (or END) in a simple Query, under two-phase commit: the
+  // proxy prepares and commits on both and answers the client's COMMIT
+  // itself. (COMMIT AND CHAIN, the extended protocol and implicit commits
+  // keep the mirror-first order.)
+  std::string plain(u.sql);
+  while (!plain.empty() &&
+         (plain.back() == ';' || std::isspace(static_cast<unsigned char>(plain.back())) != 0)) {
+    plain.pop_back();
+  }
+  while (!plain.empty() && std::isspace(static_cast<unsigned char>(plain.front())) != 0) {
+    plain.erase(plain.begin());
+  }
+  for (char& ch : plain) ch = static_cast<char>(std::toupper(static_cast<unsigned char>(ch)));
+  if (rt_->cfg.mirror.twoPhaseCommit && u.isQuery && u.info.tx == TxControl::kCommit &&
+      (plain == "COMMIT" || plain == "END" || plain == "COMMIT TRANSACTION" ||
+       plain == "COMMIT WORK")) {
+    std::optional<protocol::ErrorFields> refusal;
+    std::string why;
+    metrics().queriesTotal(sideLabel(m), labels::QueryKind::kWrite).inc();
+    metrics().queriesTotal(sideLabel(a), labels::QueryKind::kWrite).inc();
+    const TwoPhase r = co_await commitTwoPhase(a, m, refusal, why);
+    if (r == TwoPhase::kLost) {
+      co_await lockstepLost(a);
+      co_return false;
+    }
+    if (r == TwoPhase::kRefused) {
+      holdError(*refusal);
+      co_return co_await finishUnit('I');
+    }
+    if (r == TwoPhase::kMirrorFailed) {
+      mirrorFailed(m, MirrorErrorReason::kCommitFailed, why);
+      if (failClient) {
+        Outcome rb;
+        bool rolledBack = co_await runOwn(a, kRollback, rb);
+        if (!rolledBack && !up_[a].conn) {
+          co_await lockstepLost(a);
+          co_return false;
+        }
+        holdError(protocol::ErrorFields{
+            "ERROR", sqlstate::kSystemError,
+            std::string("the ") + sideName(m) + " server could not prepare the transaction (" +
+                why + "; mirror.on_target_error: fail-client)",
+            std::string("The transaction was rolled back on the ") + sideName(a) + " too.", ""});
+        co_return co_await finishUnit('I');
+      }
+      Outcome ac;
+      bool answered = co_await exchange(a, u.bytes, Sink::kHold, ac, 0);
+      if (!answered) {
+        co_await lockstepLost(a);
+        co_return false;
+      }
+      co_return co_await answer(true, ac.txStatus);
+    }
+    protocol::encodeCommandComplete("COMMIT", held_);
+    co_return co_await finishUnit('I');
+  }
+
   metrics().queriesTotal(sideLabel(m), labels::QueryKind::kWrite).inc();
   Outcome mo;
   bool sent = co_await exchange(m, u.bytes, Sink::kDiscard, mo, expect);
@@ -1547,6 +1637,52 @@ awaitable<bool> ClientSession::mirrorCommit(const Unit& u, int a, int m) {
     reportDivergence(DivergenceKind::kCommit, u.sql, ao, mo);
   }
   co_return co_await answer(u.ready, ao.txStatus);
+}
+
+awaitable<ClientSession::TwoPhase> ClientSession::commitTwoPhase(
+    int a, int m, std::optional<protocol::ErrorFields>& refusal, std::string& why) {
+  const std::string gid =
+      twoPhaseGidPrefix() + std::to_string(id_) + "_" + std::to_string(++gidCounter_);
+  const std::string prepare = "PREPARE TRANSACTION '" + gid + "'";
+  const std::string commit = "COMMIT PREPARED '" + gid + "'";
+  const std::string rollback = "ROLLBACK PREPARED '" + gid + "'";
+  // 1. The mirror prepares first: if it cannot, nothing is committed anywhere.
+  Outcome mp;
+  const bool mPrepared = co_await runOwn(m, prepare, mp);
+  if (!mPrepared || !onlyTag(mp.results, "PREPARE TRANSACTION")) {
+    why = up_[m].conn ? "PREPARE TRANSACTION answered " + summary(mp.results)
+                      : std::string("connection lost");
+    if (mp.error) why = mp.error->message + " (SQLSTATE " + mp.error->code + ")";
+    co_return TwoPhase::kMirrorFailed;
+  }
+  // 2. The authoritative side: a deferred constraint or a serialization
+  // failure shows here, before anything is committed: the mirror rolls back.
+  Outcome ap;
+  const bool aPrepared = co_await runOwn(a, prepare, ap);
+  if (!aPrepared || !onlyTag(ap.results, "PREPARE TRANSACTION")) {
+    Outcome rb;
+    if (up_[m].conn) (void)co_await runOwn(m, rollback, rb);
+    if (!up_[a].conn) co_return TwoPhase::kLost;
+    refusal = ap.error ? *ap.error
+                       : protocol::ErrorFields{"ERROR", sqlstate::kSystemError,
+                                               "the transaction could not be prepared", "", ""};
+    co_return TwoPhase::kRefused;
+  }
+  // 3. Decided. The mirror commits first; one that misses it gets it later.
+  Outcome mc;
+  const bool mCommitted = co_await runOwn(m, commit, mc);
+  if (!mCommitted) {
+    registry_.addPendingCommit(gid);
+    mirrorFailed(m, MirrorErrorReason::kCommitFailed,
+                 "COMMIT PREPARED did not complete; it is retried");
+  }
+  Outcome ac;
+  const bool aCommitted = co_await runOwn(a, commit, ac);
+  if (!aCommitted) {
+    registry_.addPendingCommit(gid);
+    if (!up_[a].conn) co_return TwoPhase::kLost;
+  }
+  co_return TwoPhase::kCommitted;
 }
 
 // ---------------------------------------------------------------------------

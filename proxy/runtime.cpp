@@ -2,6 +2,9 @@
 
 #include <openssl/rand.h>
 
+#include <array>
+#include <cstdio>
+#include <random>
 #include <stdexcept>
 
 #include "protocol/md5auth.h"
@@ -100,6 +103,16 @@ std::vector<std::shared_ptr<ClientSession>> Registry::all() {
 std::size_t Registry::size() {
   std::lock_guard lock(mu_);
   return sessions_.size();
+}
+
+const std::string& twoPhaseGidPrefix() {
+  static const std::string prefix = [] {
+    std::random_device rd;
+    std::array<char, 40> buf{};
+    std::snprintf(buf.data(), buf.size(), "pghandoff_%08x%08x_", rd(), rd());
+    return std::string(buf.data());
+  }();
+  return prefix;
 }
 
 }  // namespace pghandoff::proxy

@@ -12,6 +12,7 @@
 #include <string>
 #include <unordered_map>
 #include <unordered_set>
+#include <utility>
 #include <vector>
 
 #include "config/config.h"
@@ -46,6 +47,11 @@ struct Runtime {
 [[nodiscard]] std::shared_ptr<const Runtime> buildRuntime(const config::Config& cfg,
                                                           std::vector<std::uint8_t> mockSecret);
 
+// Two-phase commit transaction ids start "pghandoff_" (what a restarted proxy
+// looks for), then a token unique to this process (so that its recovery leaves
+// the live process's own alone): "pghandoff_<16 hex>_".
+[[nodiscard]] const std::string& twoPhaseGidPrefix();
+
 class ClientSession;
 class PhaseController;
 
@@ -67,6 +73,17 @@ class Registry {
     std::lock_guard lock(mu_);
     if (warned_.size() >= 10000) warned_.clear();
     return warned_.insert(fingerprint).second;
+  }
+
+  // Two-phase commit: transactions decided (prepared on both sides) whose
+  // COMMIT PREPARED did not reach a side; the server finishes them.
+  void addPendingCommit(std::string gid) {
+    std::lock_guard lock(mu_);
+    pendingCommits_.push_back(std::move(gid));
+  }
+  [[nodiscard]] std::vector<std::string> takePendingCommits() {
+    std::lock_guard lock(mu_);
+    return std::exchange(pendingCommits_, {});
   }
 
   // Statement classification shared by every session (cached by text).
@@ -103,7 +120,8 @@ class Registry {
   std::mutex mu_;
   std::unordered_map<const ClientSession*, std::weak_ptr<ClientSession>> sessions_;
   std::unordered_map<std::uint64_t, std::weak_ptr<ClientSession>> byKey_;
-  std::unordered_set<std::string> warned_;  // under mu_
+  std::unordered_set<std::string> warned_;   // under mu_
+  std::vector<std::string> pendingCommits_;  // under mu_
 };
 
 }  // namespace pghandoff::proxy

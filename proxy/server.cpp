@@ -165,6 +165,103 @@ awaitable<AdminReply> ProxyServer::setPhase(std::string name,
   co_return reply;
 }
 
+awaitable<void> ProxyServer::twoPhaseRecovery() {
+  asio::steady_timer timer(mainIo_);
+  bool startDone = false;
+  while (!shuttingDown_) {
+    if (!startDone) {
+      startDone = co_await resolvePrepared(true);
+    } else {
+      (void)co_await resolvePrepared(false);
+    }
+    timer.expires_after(std::chrono::seconds(startDone ? 2 : 5));
+    error_code ec;
+    co_await timer.async_wait(asio::redirect_error(kUseAwaitable, ec));
+  }
+}
+
+awaitable<bool> ProxyServer::resolvePrepared(bool all) {
+  std::vector<std::string> pending;
+  if (!all) {
+    pending = registry_.takePendingCommits();
+    if (pending.empty()) co_return true;
+  }
+  auto rt = runtime();
+  const bool targetAuth = targetAuthoritative(phases_->current());
+  auto ex = mainIo_.get_executor();
+  ServerConnection auth(ex, targetAuth ? rt->targetTls : rt->sourceTls);
+  ServerConnection mirror(ex, targetAuth ? rt->sourceTls : rt->targetTls);
+  const std::vector<std::pair<std::string, std::string>> params = {
+      {"application_name", "pghandoff two-phase recovery"}};
+  const std::chrono::milliseconds timeout(10000);
+  LoginResult l1 = co_await auth.login(targetAuth ? *rt->target : rt->source, params, timeout);
+  LoginResult l2;
+  if (l1.ok) l2 = co_await mirror.login(targetAuth ? rt->source : *rt->target, params, timeout);
+  if (!l1.ok || !l2.ok) {
+    spdlog::warn("two-phase commit recovery: cannot reach the servers ({}); retrying",
+                 !l1.ok ? l1.error.message : l2.error.message);
+    for (auto& g : pending) registry_.addPendingCommit(std::move(g));
+    auth.stream().close();
+    mirror.stream().close();
+    co_return false;
+  }
+  const std::string list =
+      "SELECT gid FROM pg_catalog.pg_prepared_xacts WHERE pg_catalog.starts_with(gid, "
+      "'pghandoff_') AND database = pg_catalog.current_database()";
+  QueryRows onAuth = co_await simpleQuery(auth, list);
+  QueryRows onMirror = co_await simpleQuery(mirror, list);
+  bool ok = !onAuth.error && !onMirror.error;
+  auto has = [](const QueryRows& q, const std::string& gid) {
+    for (const auto& r : q.rows) {
+      if (!r.empty() && r[0] && *r[0] == gid) return true;
+    }
+    return false;
+  };
+  std::vector<std::string> gids = pending;
+  if (all) {
+    for (const QueryRows* q : {&onAuth, &onMirror}) {
+      for (const auto& r : q->rows) {
+        if (!r.empty() && r[0] && std::find(gids.begin(), gids.end(), *r[0]) == gids.end()) {
+          gids.push_back(*r[0]);
+        }
+      }
+    }
+  }
+  for (const auto& gid : gids) {
+    if (!ok) break;
+    // This process's own are its live sessions' (or pending, listed above).
+    if (all && gid.rfind(twoPhaseGidPrefix(), 0) == 0) continue;
+    const bool inAuth = has(onAuth, gid), inMirror = has(onMirror, gid);
+    // Prepared on the authoritative side (it prepares second) or already
+    // committed somewhere (a pending one): decided, commit. On the mirror
+    // alone, found at start: undecided, roll back.
+    const bool commit = inAuth || !all;
+    const std::string verb = commit ? "COMMIT PREPARED '" : "ROLLBACK PREPARED '";
+    const std::string sql = verb + gid + "'";
+    if (inMirror) {
+      QueryRows r = co_await simpleQuery(mirror, sql);
+      ok = ok && !r.error;
+    }
+    if (inAuth && ok) {
+      QueryRows r = co_await simpleQuery(auth, sql);
+      ok = ok && !r.error;
+    }
+    if (ok && (inAuth || inMirror)) {
+      spdlog::info("two-phase commit recovery: {} {}", commit ? "committed" : "rolled back", gid);
+    }
+  }
+  if (!ok) {
+    spdlog::warn("two-phase commit recovery failed ({}); retrying", onAuth.error ? *onAuth.error
+                                                                    : onMirror.error
+                                                                        ? *onMirror.error
+                                                                        : "a statement failed");
+    for (auto& g : pending) registry_.addPendingCommit(std::move(g));
+  }
+  auth.stream().close();
+  mirror.stream().close();
+  co_return ok;
+}
+
 awaitable<AdminReply> ProxyServer::pause(std::optional<std::chrono::milliseconds> drain) {
   return phases_->pause(drain.value_or(runtime()->cfg.flip.drainTimeout));
 }
@@ -194,8 +291,8 @@ int ProxyServer::run() {
   if (rt->cfg.mirror.mode == config::MirrorMode::kAsync) {
     spdlog::warn("not built yet: mirror.mode async; mirroring runs in sync mode");
   }
-  if (rt->cfg.mirror.twoPhaseCommit) {
-    spdlog::warn("not built yet: mirror.two_phase_commit; commits use the mirror-first order");
+  if (rt->cfg.mirror.twoPhaseCommit && rt->target) {
+    asio::co_spawn(mainIo_, twoPhaseRecovery(), asio::detached);
   }
   mainIo_.run();
   // Let the cancelled accept (and anything else already completed) finish

@@ -43,6 +43,14 @@ class ProxyServer {
   awaitable<AdminReply> pause(std::optional<std::chrono::milliseconds> drain);
   // flip.on_timeout: cancel — ends the sessions still in a transaction.
   void cancelInFlight();
+  // mirror.two_phase_commit: finishes the proxy's prepared transactions —
+  // once at start every one left by an earlier process (decided by the
+  // authoritative side: prepared there means decided, commit on both;
+  // prepared on the mirror alone means undecided, roll back), then the
+  // COMMIT PREPAREDs sessions could not deliver. Every 2 s, until shutdown.
+  awaitable<void> twoPhaseRecovery();
+  // One pass; false when a server could not be reached (retried).
+  awaitable<bool> resolvePrepared(bool all);
 
   // Declaration order is destruction order reversed, and it matters: the
   // main context's pending accept holds a socket of a worker context, so the
