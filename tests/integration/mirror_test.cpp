@@ -4,6 +4,7 @@
 // (the extended protocol in these phases is step 3 and answers 0A000).
 
 #include <signal.h>
+#include <sys/socket.h>
 
 #include <atomic>
 #include <chrono>
@@ -879,6 +880,88 @@ TEST_F(Mirror, ClientVanishingInsideAMirroredTransactionLeavesNothing) {
         5s));
     EXPECT_EQ(cl->psql("SELECT count(*) FROM items"), "0");
   }
+}
+
+// F12 under mirroring: a client that sends COMMIT and drops the connection at
+// once cannot know the outcome; the servers must agree (both or neither).
+TEST_F(Mirror, ClientGoneRightAfterCommitLeavesBothOrNeither) {
+  startProxy();
+  flip("mirror");
+  for (int i = 0; i < 20; ++i) {
+    PqConn c(proxy_->url());
+    ASSERT_TRUE(c.ok()) << c.error();
+    c.execOrThrow("BEGIN");
+    c.execOrThrow("INSERT INTO items VALUES (" + std::to_string(i) + ", 'f12')");
+    ASSERT_EQ(PQsendQuery(c.raw(), "COMMIT"), 1);
+    ASSERT_EQ(PQflush(c.raw()), 0);
+    if (i % 2 == 0) std::this_thread::sleep_for(std::chrono::microseconds(200 * i));
+    ::shutdown(PQsocket(c.raw()), SHUT_RDWR);  // no Terminate, no wait for the answer
+  }
+  for (PgCluster* cl : {source_.get(), target_.get()}) {
+    EXPECT_TRUE(waitFor(
+        [&] {
+          return cl->psql(
+                     "SELECT count(*) FROM pg_stat_activity WHERE state = 'idle in transaction'") ==
+                 "0";
+        },
+        5s));
+  }
+  expectSame(
+      "SELECT count(*) || ':' || coalesce(string_agg(id::text, ',' ORDER BY id), '') FROM items");
+}
+
+// F11 under mirroring: a client that vanishes in the middle of COPY FROM
+// STDIN leaves its rows on neither server.
+TEST_F(Mirror, ClientGoneMidCopyLeavesRowsOnNeither) {
+  startProxy();
+  flip("mirror");
+  {
+    PqConn c(proxy_->url());
+    ASSERT_TRUE(c.ok()) << c.error();
+    PGresult* r = PQexec(c.raw(), "COPY items FROM STDIN");
+    ASSERT_EQ(PQresultStatus(r), PGRES_COPY_IN);
+    PQclear(r);
+    for (int i = 0; i < 100; ++i) {
+      const std::string row = std::to_string(i) + "\tcopied\n";
+      ASSERT_EQ(PQputCopyData(c.raw(), row.data(), static_cast<int>(row.size())), 1);
+    }
+    ASSERT_EQ(PQflush(c.raw()), 0);
+    std::this_thread::sleep_for(100ms);
+    ::shutdown(PQsocket(c.raw()), SHUT_RDWR);
+  }
+  for (PgCluster* cl : {source_.get(), target_.get()}) {
+    EXPECT_TRUE(waitFor(
+        [&] {
+          return cl->psql("SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'COPY items%'") ==
+                 "0";
+        },
+        5s));
+    EXPECT_EQ(cl->psql("SELECT count(*) FROM items"), "0");
+  }
+}
+
+// F23: the target turned read-only — its refusal is the on_target_error case
+// (F22): fail-client rolls the write back on the source.
+TEST_F(Mirror, ReadOnlyTargetFailsWritesAndLosesNothing) {
+  startProxy();
+  PqConn c(proxy_->url());
+  ASSERT_TRUE(c.ok()) << c.error();
+  flip("mirror");
+  c.execOrThrow("INSERT INTO items VALUES (1, 'before')");
+  target_->psql("ALTER SYSTEM SET default_transaction_read_only = on");
+  target_->psql("SELECT pg_reload_conf()");
+  // The target session reads the setting at its next transaction.
+  auto r = c.exec("INSERT INTO items VALUES (2, 'refused')");
+  for (int i = 0; i < 20 && r.sqlstate.empty(); ++i) {
+    std::this_thread::sleep_for(100ms);
+    r = c.exec("INSERT INTO items VALUES (" + std::to_string(10 + i) + ", 'refused')");
+  }
+  EXPECT_EQ(r.sqlstate, "58000") << r.error;
+  EXPECT_NE(r.error.find("25006"), std::string::npos) << r.error;
+  target_->psql("ALTER SYSTEM RESET default_transaction_read_only");
+  target_->psql("SELECT pg_reload_conf()");
+  expectSame("SELECT string_agg(id || v, ',' ORDER BY id) FROM items");
+  EXPECT_GE(metric(R"(pghandoff_mirror_errors_total{reason="error"})"), 1.0);
 }
 
 // F20 under mirroring: a CancelRequest reaches the statement wherever it
