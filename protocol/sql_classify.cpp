@@ -514,7 +514,7 @@ bool contains(const std::string_view (&table)[N], std::string_view name) {
 
 struct Facts {
   bool sideEffect = false;
-  bool sequence = false;     // nextval, setval, currval, lastval
+  bool sequence = false;     // sequences, advisory locks: effects for the authoritative side
   bool otherEffect = false;  // any other side effect
   bool nondeterministic = false;
   bool userFunction = false;
@@ -541,8 +541,8 @@ class Classifier {
     if (type == "SelectStmt") {
       walk(body, facts);
       apply(facts, out);
-      out.sequenceOnly = facts.sequence && !facts.otherEffect && !facts.dml && !facts.selectInto &&
-                         !facts.locking && !facts.userFunction;
+      out.authoritativeEffectsOnly = facts.sequence && !facts.otherEffect && !facts.dml &&
+                                     !facts.selectInto && !facts.locking && !facts.userFunction;
       if (facts.dml || facts.selectInto || facts.locking || facts.sideEffect) {
         return StatementKind::kWrite;
       }
@@ -704,7 +704,8 @@ class Classifier {
     if (schema.empty() || schema == "pg_catalog") {
       if (contains(kSideEffectFunctions, name)) {
         f.sideEffect = true;
-        if (name == "nextval" || name == "setval" || name == "currval" || name == "lastval") {
+        if (name == "nextval" || name == "setval" || name == "currval" || name == "lastval" ||
+            name.starts_with("pg_advisory_") || name.starts_with("pg_try_advisory_")) {
           f.sequence = true;
         } else {
           f.otherEffect = true;
@@ -824,15 +825,15 @@ Classification classifyOrThrow(std::string_view sql) {
   const std::uint32_t stmts = doc.member(0, "stmts");
   const Classifier classifier(doc);
   if (stmts != kNone) {
-    bool sequenceOnly = true;
+    bool authoritativeEffectsOnly = true;
     for (std::uint32_t s = doc.at(stmts).firstChild; s != kNone; s = doc.at(s).next) {
-      out.sequenceOnly = false;
+      out.authoritativeEffectsOnly = false;
       const StatementKind k = classifier.statement(doc.member(s, "stmt"), out);
-      sequenceOnly = sequenceOnly && out.sequenceOnly;
+      authoritativeEffectsOnly = authoritativeEffectsOnly && out.authoritativeEffectsOnly;
       out.statements.push_back(k);
       out.kind = strongest(out.kind, k);
     }
-    out.sequenceOnly = sequenceOnly && !out.statements.empty();
+    out.authoritativeEffectsOnly = authoritativeEffectsOnly && !out.statements.empty();
   }
   return out;
 }

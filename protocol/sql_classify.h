@@ -98,10 +98,11 @@ struct Classification {
   // INDEX CONCURRENTLY, CREATE/DROP DATABASE, ALTER SYSTEM, ...): a proxy must
   // not wrap it in BEGIN/COMMIT.
   bool noTransactionBlock = false;
-  // Every statement is a SELECT whose only effect is on sequences (nextval,
-  // setval, currval, lastval): while two servers are written, it runs on the
-  // authoritative side alone (its sequences are the ones in use).
-  bool sequenceOnly = false;
+  // Every statement is a SELECT whose only effects are on sequences (nextval,
+  // setval, currval, lastval) or advisory locks: while two servers are
+  // written it runs on the authoritative side alone (SPEC §2: advisory locks
+  // live there; its sequences are the ones in use).
+  bool authoritativeEffectsOnly = false;
 
   bool operator==(const Classification&) const = default;
 };

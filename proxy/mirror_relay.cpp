@@ -1539,10 +1539,11 @@ awaitable<bool> ClientSession::mirrorCommit(const Unit& u, int a, int m) {
   const bool failClient = rt_->cfg.mirror.onTargetError == config::OnTargetError::kFailClient;
   const std::size_t expect = u.ready ? 0 : u.expected;
 
-  // A plain COMMIT (or END) in a simple Query, under two-phase commit: the
-  // proxy prepares and commits on both and answers the client's COMMIT
-  // itself. (COMMIT AND CHAIN, the extended protocol and implicit commits
-  // keep the mirror-first order.)
+  // A plain COMMIT (or END), simple or extended, under two-phase commit: the
+  // proxy prepares and commits on both, then the client's own COMMIT runs on
+  // the authoritative side in an empty transaction of the proxy's, so that
+  // its answer is exactly PostgreSQL's. (COMMIT AND CHAIN and implicit
+  // commits keep the mirror-first order.)
   std::string plain(u.sql);
   while (!plain.empty() &&
          (plain.back() == ';' || std::isspace(static_cast<unsigned char>(plain.back())) != 0)) {
@@ -1552,7 +1553,8 @@ awaitable<bool> ClientSession::mirrorCommit(const Unit& u, int a, int m) {
     plain.erase(plain.begin());
   }
   for (char& ch : plain) ch = static_cast<char>(std::toupper(static_cast<unsigned char>(ch)));
-  if (rt_->cfg.mirror.twoPhaseCommit && u.isQuery && u.info.tx == TxControl::kCommit &&
+  if (rt_->cfg.mirror.twoPhaseCommit && u.ready && u.single && !u.implicitCommit &&
+      u.info.tx == TxControl::kCommit &&
       (plain == "COMMIT" || plain == "END" || plain == "COMMIT TRANSACTION" ||
        plain == "COMMIT WORK")) {
     std::optional<protocol::ErrorFields> refusal;
@@ -1592,8 +1594,18 @@ awaitable<bool> ClientSession::mirrorCommit(const Unit& u, int a, int m) {
       }
       co_return co_await answer(true, ac.txStatus);
     }
-    protocol::encodeCommandComplete("COMMIT", held_);
-    co_return co_await finishUnit('I');
+    std::vector<std::uint8_t> out;
+    protocol::encodeQuery(kBegin, out);
+    out.insert(out.end(), u.bytes.begin(), u.bytes.end());
+    Outcome begin, ac;
+    bool answered = co_await sendTo(a, out);
+    if (answered) answered = co_await pump(a, Sink::kDiscard, begin, 0);
+    if (answered) answered = co_await pump(a, Sink::kHold, ac, 0);
+    if (!answered) {
+      co_await lockstepLost(a);
+      co_return false;
+    }
+    co_return co_await answer(true, ac.txStatus);
   }
 
   metrics().queriesTotal(sideLabel(m), labels::QueryKind::kWrite).inc();

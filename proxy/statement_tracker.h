@@ -33,7 +33,7 @@ class StatementTracker {
   [[nodiscard]] static Info infoOf(const protocol::Classification& c) {
     return Info{c.kind,
                 c.statements.size() == 1 ? c.txControl : protocol::TxControl::kNone,
-                c.cursor || c.listenNotify || c.sequenceOnly,
+                c.cursor || c.listenNotify || c.authoritativeEffectsOnly,
                 c.copyFrom,
                 c.noTransactionBlock,
                 c.hasNondeterministic};

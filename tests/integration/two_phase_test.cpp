@@ -86,9 +86,15 @@ TEST_F(TwoPhase, CommitsPrepareOnBothAndLeaveNothingPrepared) {
   c.execOrThrow("INSERT INTO t VALUES (2, 'block')");
   EXPECT_EQ(c.execOrThrow("COMMIT").commandTag, "COMMIT");
   EXPECT_EQ(c.execParams("INSERT INTO t VALUES ($1, 'extended')", {"3"}).commandTag, "INSERT 0 1");
+  // A COMMIT through the extended protocol (as JDBC sends it).
+  c.execOrThrow("BEGIN");
+  c.execOrThrow("INSERT INTO t VALUES (4, 'ext-commit')");
+  auto commit = c.execParams("COMMIT", {});
+  EXPECT_EQ(commit.commandTag, "COMMIT") << commit.error;
+  EXPECT_TRUE(c.notices().empty());  // no "there is no transaction in progress"
   for (PgCluster* cl : {source_.get(), target_.get()}) {
     EXPECT_EQ(cl->psql("SELECT string_agg(id || v, ',' ORDER BY id) FROM t"),
-              "1autocommit,2block,3extended");
+              "1autocommit,2block,3extended,4ext-commit");
     EXPECT_EQ(prepared(*cl), "0");
   }
 }
@@ -110,6 +116,11 @@ TEST_F(TwoPhase, ACommitTheSourceRefusesCommitsNowhere) {
   EXPECT_EQ(source_->psql("SELECT count(*) FROM d"), "1");
   EXPECT_EQ(target_->psql("SELECT count(*) FROM d"), "0");
   EXPECT_EQ(metric(R"(pghandoff_divergences_total{kind="commit"})"), 0.0);
+  // A COMMIT through the extended protocol: the same.
+  c.execOrThrow("BEGIN");
+  c.execOrThrow("INSERT INTO d VALUES (1)");
+  EXPECT_EQ(c.execParams("COMMIT", {}).sqlstate, "23505");
+  EXPECT_EQ(target_->psql("SELECT count(*) FROM d"), "0");
   // Autocommit: the same.
   EXPECT_EQ(c.exec("INSERT INTO d VALUES (1)").sqlstate, "23505");
   EXPECT_EQ(target_->psql("SELECT count(*) FROM d"), "0");

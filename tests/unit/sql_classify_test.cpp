@@ -518,19 +518,20 @@ TEST(SqlClassifyTest, StatementsRefusedInsideATransactionBlock) {
 namespace pghandoff::protocol {
 namespace {
 
-TEST(Classify, SequenceOnlySelects) {
+TEST(Classify, SelectsWithEffectsForTheAuthoritativeSideOnly) {
   for (const char* sql :
        {"SELECT nextval('s')", "SELECT setval('s', (SELECT max(id) FROM t))",
         "SELECT currval('s'), lastval()", "SELECT nextval('a'); SELECT nextval('b')",
-        "SELECT id, nextval('s') FROM t WHERE id > $1"}) {
-    EXPECT_TRUE(classify(sql).sequenceOnly) << sql;
+        "SELECT id, nextval('s') FROM t WHERE id > $1", "SELECT pg_advisory_lock(42)",
+        "SELECT nextval('s'), pg_try_advisory_xact_lock(1, 2)"}) {
+    EXPECT_TRUE(classify(sql).authoritativeEffectsOnly) << sql;
   }
   for (const char* sql :
-       {"SELECT 1", "SELECT nextval('s'), pg_advisory_lock(1)", "SELECT nextval('s') FOR UPDATE",
+       {"SELECT 1", "SELECT nextval('s'), pg_notify('c', 'x')", "SELECT nextval('s') FOR UPDATE",
         "SELECT nextval('s'); DELETE FROM t", "INSERT INTO t VALUES (nextval('s'))",
         "WITH x AS (INSERT INTO t VALUES (1) RETURNING id) SELECT nextval('s')",
         "SELECT nextval('s'), my_func()", "SELECT nextval('s') INTO t2"}) {
-    EXPECT_FALSE(classify(sql).sequenceOnly) << sql;
+    EXPECT_FALSE(classify(sql).authoritativeEffectsOnly) << sql;
   }
 }
 
