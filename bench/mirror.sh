@@ -7,8 +7,10 @@
 # Not a test: it asserts nothing. See bench/README.md.
 #
 # Env: BENCH_SECONDS (default 10), BENCH_REPEAT (default 3), BENCH_CLIENTS
-# (default 16), BENCH_MODE (pgbench -M, default simple), BENCH_NO_BUILD=1 to
-# skip `scripts/build.sh release`.
+# (default 16), BENCH_MODE (pgbench -M, default simple), BENCH_WORKLOAD
+# (tpcb, default; or serial: one INSERT per transaction into a table whose id,
+# created_at and uuid come from column defaults — bigserial, DEFAULT now(),
+# DEFAULT gen_random_uuid()), BENCH_NO_BUILD=1 to skip `scripts/build.sh release`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -16,6 +18,8 @@ DURATION="${BENCH_SECONDS:-10}"
 REPEAT="${BENCH_REPEAT:-3}"
 CLIENTS="${BENCH_CLIENTS:-16}"
 MODE="${BENCH_MODE:-simple}"   # pgbench -M: simple|extended|prepared
+WORKLOAD="${BENCH_WORKLOAD:-tpcb}"
+case "$WORKLOAD" in tpcb | serial) ;; *) echo "BENCH_WORKLOAD must be tpcb or serial" >&2; exit 2 ;; esac
 PGBIN=/usr/lib/postgresql/15/bin
 PGPOOL=/usr/sbin/pgpool
 BIN="$PWD/build/release/cli/pghandoff"
@@ -70,7 +74,7 @@ echo "pghandoff:  $("$BIN" --version)"
 echo "pgpool-II:  $("$PGPOOL" --version 2>&1 | head -1)"
 echo "postgres:   $("$PGBIN/postgres" --version)"
 echo "loadavg:    $(cut -d' ' -f1-3 /proc/loadavg) (at start)"
-echo "run:        TPC-B-like pgbench -M $MODE, $CLIENTS clients, -T ${DURATION}s x $REPEAT rounds"
+echo "run:        $WORKLOAD pgbench -M $MODE, $CLIENTS clients, -T ${DURATION}s x $REPEAT rounds"
 
 # --- two servers (trust on loopback: the benchmark is about the relay) ------
 declare -A PORT
@@ -87,8 +91,15 @@ reinit() {  # both servers get the same pgbench -i -s 10 data (it is determinist
   for p in "$sport" "$tport"; do
     "$PGBIN/pgbench" -i -q -s 10 -h 127.0.0.1 -p "$p" -U postgres postgres > "$work/init.log" 2>&1 ||
       { cat "$work/init.log" >&2; exit 1; }
+    "$PGBIN/psql" -X -q -h 127.0.0.1 -p "$p" -U postgres -c "DROP TABLE IF EXISTS events;
+      CREATE TABLE events (id bigserial PRIMARY KEY, aid int, created_at timestamptz DEFAULT now(),
+      u uuid DEFAULT gen_random_uuid())" postgres
   done
 }
+cat > "$work/serial.sql" <<'SQL'
+\set aid random(1, 1000000)
+INSERT INTO events (aid) VALUES (:aid);
+SQL
 # same: do the two servers hold the same rows (history with its mtime)?
 same() {
   local q="SELECT v FROM (SELECT 1 k, md5(string_agg(aid||':'||abalance, ',' ORDER BY aid)) v FROM pgbench_accounts
@@ -101,6 +112,19 @@ same() {
   b=$("$PGBIN/psql" -X -At -h 127.0.0.1 -p "$tport" -U postgres -c "$q")
   at=$("$PGBIN/psql" -X -At -h 127.0.0.1 -p "$sport" -U postgres -c "$qt")
   bt=$("$PGBIN/psql" -X -At -h 127.0.0.1 -p "$tport" -U postgres -c "$qt")
+  if [ "$WORKLOAD" = serial ]; then
+    # Every column of every event: ids, timestamps, uuids.
+    local qe="SELECT md5(string_agg(e::text, ',' ORDER BY id)) FROM events e"
+    local qi="SELECT md5(string_agg(id||':'||aid, ',' ORDER BY id)) FROM events"
+    a=$("$PGBIN/psql" -X -At -h 127.0.0.1 -p "$sport" -U postgres -c "$qi")
+    b=$("$PGBIN/psql" -X -At -h 127.0.0.1 -p "$tport" -U postgres -c "$qi")
+    at=$("$PGBIN/psql" -X -At -h 127.0.0.1 -p "$sport" -U postgres -c "$qe")
+    bt=$("$PGBIN/psql" -X -At -h 127.0.0.1 -p "$tport" -U postgres -c "$qe")
+    if [ "$a" != "$b" ]; then echo "ids-differ"
+    elif [ "$at" != "$bt" ]; then echo "defaults-differ"
+    else echo "identical"; fi
+    return
+  fi
   if [ "$a" != "$b" ]; then echo "rows-differ"
   elif [ "$at" != "$bt" ]; then echo "mtime-differs"
   else echo "identical"; fi
@@ -204,8 +228,10 @@ for r in $(seq "$REPEAT"); do
       flipper=$!
     fi
     out="$work/pgbench.out"
-    if ! "$PGBIN/pgbench" -n -M "$MODE" -c "$CLIENTS" -j 2 -T "$DURATION" -h 127.0.0.1 \
-          -p "$(port_of "$t")" -U postgres postgres > "$out" 2>&1; then
+    script=()
+    [ "$WORKLOAD" = serial ] && script=(-f "$work/serial.sql")
+    if ! "$PGBIN/pgbench" -n -M "$MODE" "${script[@]}" -c "$CLIENTS" -j 2 -T "$DURATION" \
+          -h 127.0.0.1 -p "$(port_of "$t")" -U postgres postgres > "$out" 2>&1; then
       echo "pgbench against $t failed:" >&2
       tail -5 "$out" >&2
       echo "0 n/a" >> "$work/results/$t"
@@ -222,7 +248,7 @@ for r in $(seq "$REPEAT"); do
 done
 
 echo
-echo "== medians of $REPEAT runs of ${DURATION}s, TPC-B-like -M $MODE, $CLIENTS clients"
+echo "== medians of $REPEAT runs of ${DURATION}s, $WORKLOAD -M $MODE, $CLIENTS clients"
 python3 - "$work/results" <<'PY'
 import statistics, sys
 d = sys.argv[1]
@@ -245,7 +271,12 @@ if p:
     print(f"pghandoff flip pauses under load ({len(p)} flips): p50 {q(0.5):.1f} ms  "
           f"p99 {q(0.99):.1f} ms  max {p[-1]:.1f} ms")
 PY
-echo "(identical: same rows and history mtime; mtime-differs: same rows, CURRENT_TIMESTAMP"
-echo " evaluated on each server; rows-differ: the servers diverged)"
+if [ "$WORKLOAD" = serial ]; then
+  echo "(identical: every column; defaults-differ: same ids, created_at or uuid computed on each"
+  echo " server; ids-differ: the servers gave different ids)"
+else
+  echo "(identical: same rows and history mtime; mtime-differs: same rows, CURRENT_TIMESTAMP"
+  echo " evaluated on each server; rows-differ: the servers diverged)"
+fi
 echo "pghandoff log lines at level warn or above: $(grep -c . "$work/pghandoff.log" || true)"
 exit 0
