@@ -619,8 +619,10 @@ awaitable<bool> ClientSession::runUnit(const Unit& u) {
     if (!opened) {
       mirrorFailed(m, MirrorErrorReason::kTargetDown, why);
       if (rt_->cfg.mirror.onTargetError == config::OnTargetError::kFailClient) {
+        // Refused before the authoritative side is touched; 57P03 (cannot
+        // connect now) tells the client it may try again (RELIABILITY F1).
         const protocol::ErrorFields refusal{
-            "ERROR", sqlstate::kSystemError,
+            "ERROR", sqlstate::kCannotConnectNow,
             std::string("pghandoff could not reach the ") + sideName(m) +
                 " server to mirror this statement: " + why,
             "Nothing was executed (mirror.on_target_error: fail-client).", ""};

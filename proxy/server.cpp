@@ -114,6 +114,16 @@ awaitable<AdminReply> ProxyServer::setPhase(std::string name,
         std::string(phaseName(from)) + "\"}";
     co_return AdminReply{409, std::move(body)};
   }
+  // A mirror broken under `degrade` missed writes: the target must not serve
+  // reads or become authoritative until it is seeded again (RELIABILITY F1).
+  if (!refuseTransition(from, to) && from != to && registry_.mirrorBroken() &&
+      (readsFromTarget(to) || targetAuthoritative(to))) {
+    std::string body =
+        "{\"error\":\"the mirror is broken (mirror.on_target_error: degrade): the target missed "
+        "writes; seed it again before phase " +
+        name + "\",\"phase\":\"" + std::string(phaseName(from)) + "\"}";
+    co_return AdminReply{409, std::move(body)};
+  }
   // A flip that moves authority sets the new authoritative side's sequences
   // from the old one's, with every transaction drained (sequence_sync.h).
   // The connections are made before new transactions are held.

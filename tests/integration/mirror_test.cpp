@@ -341,7 +341,9 @@ TEST_F(Mirror, TargetDownFailsTheClientAndLosesNothingOnTheSource) {
   EXPECT_EQ(source_->psql("SELECT count(*) FROM items"), "1");  // rolled back
   // Reads go on (they need the source only), and the session too.
   EXPECT_EQ(c.execOrThrow("SELECT count(*) FROM items").value(), "1");
-  EXPECT_EQ(c.exec("INSERT INTO items VALUES (3, 'c')").sqlstate, "58000");
+  // The target unreachable at the next write: refused before the source is
+  // touched, with 57P03 (cannot connect now: try again).
+  EXPECT_EQ(c.exec("INSERT INTO items VALUES (3, 'c')").sqlstate, "57P03");
   EXPECT_GE(metric(R"(pghandoff_mirror_errors_total{reason="target_down"})"), 2.0);
   target_->start();
   // The next transaction opens the target again.
@@ -385,6 +387,12 @@ TEST_F(Mirror, TargetDownUnderDegradeGoesOnWithTheSourceAlone) {
   EXPECT_NE(status.body.find(R"("mirror":{"state":"broken")"), std::string::npos) << status.body;
   target_->start();
   EXPECT_EQ(target_->psql("SELECT count(*) FROM items"), "1");
+  // The target missed writes: no phase that reads from it or makes it
+  // authoritative (F1: "refuse any phase advance with 409 until resync").
+  auto refused = proxy_->http("POST", "/phase", R"({"phase":"mirror-read-target"})");
+  EXPECT_EQ(refused.status, 409) << refused.body;
+  EXPECT_NE(refused.body.find("the mirror is broken"), std::string::npos) << refused.body;
+  flip("source-only");  // back is fine
 }
 
 TEST_F(Mirror, FlipCancelEndsATransactionLeftOpenInMirror) {
