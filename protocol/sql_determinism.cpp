@@ -1117,6 +1117,28 @@ TriggerFunctionAnalysis analyzeTriggerFunction(std::string_view createFunction) 
   return out;
 }
 
+std::shared_ptr<const StatementAnalysis> AnalysisCache::get(std::string_view sql) {
+  if (sql.size() <= kMaxCachedSqlBytes) {
+    std::lock_guard lock(mu_);
+    auto it = map_.find(std::string(sql));
+    if (it != map_.end()) return it->second;
+  }
+  auto a = std::make_shared<StatementAnalysis>();
+  a->determinism = analyzeDeterminism(sql);
+  for (const auto& w : a->determinism.writes) {
+    if (w.op == WriteTarget::Op::kInsert && !w.inCte) {
+      a->insert = analyzeInsert(sql);
+      break;
+    }
+  }
+  if (sql.size() <= kMaxCachedSqlBytes) {
+    std::lock_guard lock(mu_);
+    if (map_.size() >= capacity_) map_.clear();
+    map_.emplace(std::string(sql), a);
+  }
+  return a;
+}
+
 std::optional<std::string> substitute(std::string_view sql, std::vector<Replacement> r) {
   try {
     std::ranges::sort(r, [](const Replacement& a, const Replacement& b) {

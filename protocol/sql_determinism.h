@@ -44,9 +44,12 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <memory>
+#include <mutex>
 #include <optional>
 #include <string>
 #include <string_view>
+#include <unordered_map>
 #include <vector>
 
 namespace pghandoff::protocol {
@@ -193,5 +196,26 @@ struct Replacement {
 // literal values, comments or whitespace. For logging divergences without
 // literal values. nullopt when the text does not parse.
 [[nodiscard]] std::optional<std::string> fingerprint(std::string_view sql);
+
+// A statement's analyses, computed once per text (DESIGN hard problem 2: "analysed
+// once, at Parse" — a prepared statement executed a million times is analysed once).
+struct StatementAnalysis {
+  DeterminismAnalysis determinism;
+  InsertShape insert;  // ok only for a single top-level INSERT
+};
+
+// Thread-safe, bounded (cleared when full; a workload's hot set refills it);
+// texts longer than kMaxCachedSqlBytes are analysed but not kept.
+class AnalysisCache {
+ public:
+  static constexpr std::size_t kMaxCachedSqlBytes = 8 * 1024;
+  explicit AnalysisCache(std::size_t capacity = 5000) : capacity_(capacity) {}
+  [[nodiscard]] std::shared_ptr<const StatementAnalysis> get(std::string_view sql);
+
+ private:
+  std::mutex mu_;
+  std::unordered_map<std::string, std::shared_ptr<const StatementAnalysis>> map_;
+  std::size_t capacity_;
+};
 
 }  // namespace pghandoff::protocol

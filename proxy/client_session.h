@@ -187,7 +187,7 @@ class ClientSession : public std::enable_shared_from_this<ClientSession> {
     std::vector<PinSite> pinSites;
     // Extended protocol: the analysis of each statement it executes that may
     // write or has per-server values; complete when every text was known.
-    std::vector<protocol::DeterminismAnalysis> analyses;
+    std::vector<std::shared_ptr<const protocol::StatementAnalysis>> analyses;
     bool analysesComplete = true;
     bool extPinnable = false;  // every nondeterministic Execute has a PinSite
     // Extended protocol, one Execute that may write, bound in this request:

@@ -363,13 +363,13 @@ awaitable<bool> ClientSession::mirrorExtended(bool ready) {
           if (pm) {
             u.writeBindFrame = bindFrame;
             u.writeParse = parse;
-            u.analyses.push_back(protocol::analyzeDeterminism(pm->query));
+            u.analyses.push_back(registry_.analyses().get(pm->query));
           } else {
             u.analysesComplete = false;
           }
           if (info.nondeterministic) {
             ++nondeterministicExecutes;
-            if (pm && timePinnable(u.analyses.back())) {
+            if (pm && timePinnable(u.analyses.back()->determinism)) {
               u.pinSites.push_back({bindFrame, parse, u.analyses.size() - 1});
               ++pinnableExecutes;
             }
@@ -513,8 +513,13 @@ awaitable<bool> ClientSession::runUnit(const Unit& u) {
       u.info.kind == StatementKind::kWrite || u.info.kind == StatementKind::kUnknown;
   // A simple Query's text, analysed once (per-server values, what it writes)
   // when it may write; reads need none of it.
-  protocol::DeterminismAnalysis det;
-  if (u.isQuery && (writes || u.info.nondeterministic)) det = protocol::analyzeDeterminism(u.sql);
+  static const protocol::StatementAnalysis kNotAnalysed;
+  std::shared_ptr<const protocol::StatementAnalysis> queryAnalysis;
+  if (u.isQuery && (writes || u.info.nondeterministic)) {
+    queryAnalysis = registry_.analyses().get(u.sql);
+  }
+  const protocol::DeterminismAnalysis& det =
+      queryAnalysis ? queryAnalysis->determinism : kNotAnalysed.determinism;
   const protocol::DeterminismAnalysis* queryDet = u.isQuery ? &det : nullptr;
 
   if (u.info.copyFrom && u.isQuery && !registry_.mirrorBroken()) {
@@ -663,7 +668,7 @@ awaitable<bool> ClientSession::runUnit(const Unit& u) {
   // classifier, and per-server values all the same).
   bool perServer = u.info.nondeterministic;
   if (u.isQuery) perServer = perServer || !det.calls.empty();
-  for (const auto& d : u.analyses) perServer = perServer || !d.calls.empty();
+  for (const auto& d : u.analyses) perServer = perServer || !d->determinism.calls.empty();
   const bool pinnable = u.ready && !u.txControl && (wrap || clientTx == 'T');
 
   // Triggers fire on both servers: one that would compute values per server
@@ -688,18 +693,18 @@ awaitable<bool> ClientSession::runUnit(const Unit& u) {
   bool insertChecked = false;
   if (writes && pinnable && u.single) {
     std::string_view text;
-    const protocol::DeterminismAnalysis* d = nullptr;
+    const protocol::StatementAnalysis* analysis = nullptr;
     if (u.isQuery) {
       text = u.sql;
-      d = &det;
+      analysis = queryAnalysis.get();
     } else if (u.writeParse != nullptr && u.writeBindFrame != kNone && u.analyses.size() == 1) {
       if (auto pm = protocol::decodeParseBody(*u.writeParse)) {
         text = pm->query;
-        d = &u.analyses[0];
+        analysis = u.analyses[0].get();
       }
     }
-    const protocol::InsertShape shape =
-        d != nullptr ? protocol::analyzeInsert(text) : protocol::InsertShape{};
+    const protocol::DeterminismAnalysis* d = analysis ? &analysis->determinism : nullptr;
+    const protocol::InsertShape& shape = analysis ? analysis->insert : kNotAnalysed.insert;
     if (shape.ok) {
       const std::vector<TableColumn>* columns = nullptr;
       if (!co_await tableColumns(a, shape.schema, shape.table, columns)) {
@@ -1149,7 +1154,7 @@ std::vector<std::uint8_t> ClientSession::pinnedExtended(const Unit& u, const std
     (void)pr.cstring();
     const std::string_view query = pr.cstring();
     const protocol::Bytes types = pr.rest();
-    auto text = pinText(query, u.analyses[ps.analysis], value);
+    auto text = pinText(query, u.analyses[ps.analysis]->determinism, value);
     // Bind body: portal, statement, then formats and parameters (kept).
     protocol::Reader br(whole.subspan(5));
     const std::string_view portal = br.cstring();
@@ -1316,7 +1321,7 @@ awaitable<bool> ClientSession::perServerTrigger(int a, const Unit& u,
     for (const auto& w : query->writes) writes.push_back(&w);
   }
   for (const auto& d : u.analyses) {
-    for (const auto& w : d.writes) writes.push_back(&w);
+    for (const auto& w : d->determinism.writes) writes.push_back(&w);
   }
   for (const protocol::WriteTarget* w : writes) {
     const std::vector<TableColumn>* columns = nullptr;
@@ -1346,7 +1351,7 @@ awaitable<bool> ClientSession::fillsVolatileDefault(int a, const Unit& u,
     for (const auto& w : query->writes) writes.push_back(&w);
   }
   for (const auto& d : u.analyses) {
-    for (const auto& w : d.writes) writes.push_back(&w);
+    for (const auto& w : d->determinism.writes) writes.push_back(&w);
   }
   for (const protocol::WriteTarget* wp : writes) {
     const protocol::WriteTarget& w = *wp;

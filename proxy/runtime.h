@@ -20,6 +20,7 @@
 #include "protocol/backend.h"
 #include "protocol/scram.h"
 #include "protocol/sql_classify.h"
+#include "protocol/sql_determinism.h"
 #include "proxy/tls.h"
 
 namespace pghandoff::proxy {
@@ -88,6 +89,8 @@ class Registry {
 
   // Statement classification shared by every session (cached by text).
   protocol::ClassificationCache& classifier() { return classifier_; }
+  // Determinism and INSERT-shape analyses, likewise.
+  protocol::AnalysisCache& analyses() { return analyses_; }
 
   // Admission: false when max_client_connections are already in use.
   [[nodiscard]] bool admit(std::uint32_t max) {
@@ -116,6 +119,7 @@ class Registry {
   PhaseController& phases_;
   std::atomic<bool> mirrorBroken_{false};
   protocol::ClassificationCache classifier_;
+  protocol::AnalysisCache analyses_;
   std::atomic<std::uint32_t> clients_{0};
   std::mutex mu_;
   std::unordered_map<const ClientSession*, std::weak_ptr<ClientSession>> sessions_;

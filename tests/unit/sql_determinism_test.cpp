@@ -614,3 +614,24 @@ TEST(TriggerFunction, PerServerBodies) {
 
 }  // namespace
 }  // namespace pghandoff::protocol
+
+namespace pghandoff::protocol {
+namespace {
+
+TEST(AnalysisCache, OncePerText) {
+  AnalysisCache cache(2);
+  auto a = cache.get("INSERT INTO t (a) VALUES (now())");
+  EXPECT_EQ(cache.get("INSERT INTO t (a) VALUES (now())"), a);  // the same object
+  EXPECT_TRUE(a->determinism.parsed);
+  EXPECT_EQ(a->determinism.calls.size(), 1u);
+  EXPECT_TRUE(a->insert.ok);
+  auto u = cache.get("UPDATE t SET a = 1");
+  EXPECT_FALSE(u->insert.ok);   // only INSERTs get a shape
+  (void)cache.get("SELECT 1");  // full: cleared, then kept
+  EXPECT_NE(cache.get("INSERT INTO t (a) VALUES (now())"), a);
+  const std::string big = "SELECT '" + std::string(AnalysisCache::kMaxCachedSqlBytes, 'x') + "'";
+  EXPECT_NE(cache.get(big), cache.get(big));  // long texts are not kept
+}
+
+}  // namespace
+}  // namespace pghandoff::protocol
