@@ -153,9 +153,15 @@ const char* expectedCommitTag(TxControl t) {
 // protocol-level named statements (a Parse with the same name, text and
 // parameter types: PREPARE cannot recreate a utility statement such as
 // pgbench's "BEGIN;").
+// The settings that change how values are read and printed are copied even
+// when they are the first server's defaults (RELIABILITY F26: the servers may
+// have different ones; '2020-01-01 10:00' must be the same instant on both).
+// set_config takes a list (search_path) the way the configuration file does.
 constexpr std::string_view kSessionStateQuery =
-    "SELECT 'q', pg_catalog.format('SET %I = %L', name, setting), NULL FROM "
-    "pg_catalog.pg_settings WHERE source = 'session' "
+    "SELECT 'q', pg_catalog.format('SELECT pg_catalog.set_config(%L, %L, false)', name, "
+    "setting), NULL FROM pg_catalog.pg_settings WHERE source = 'session' OR name IN "
+    "('TimeZone', 'DateStyle', 'IntervalStyle', 'extra_float_digits', 'bytea_output', "
+    "'standard_conforming_strings') "
     "UNION ALL "
     "SELECT CASE WHEN from_sql THEN 'q' ELSE 'p' END, CASE WHEN from_sql THEN statement "
     "ELSE name END, CASE WHEN from_sql THEN NULL ELSE statement || pg_catalog.chr(1) || "

@@ -301,5 +301,49 @@ TEST_F(Determinism, MigrationUnderFireWithPgbenchPsycopg2AndNodePostgres) {
   EXPECT_EQ(source_->psql("SELECT count(*) FROM ledger WHERE client = 'after'"), "0");
 }
 
+// F26: the two servers have different defaults for how values are read and
+// printed. A session that set nothing must still write the same instants and
+// bytes on both, and read the same text after the reads move to the target.
+TEST(SessionDefaults, DifferentServerDefaultsWriteAndReadTheSame) {
+  PgCluster source;
+  ClusterOptions o;
+  o.extraConf = {"timezone = 'Asia/Tokyo'", "datestyle = 'SQL, DMY'",
+                 "intervalstyle = 'postgres_verbose'", "extra_float_digits = 0",
+                 "bytea_output = 'escape'"};
+  PgCluster target(o);
+  for (PgCluster* c : {&source, &target}) {
+    c->psql(
+        "CREATE TABLE v (id int PRIMARY KEY, at timestamptz, d date, f float8, b bytea, "
+        "i interval)");
+  }
+  ProxyOptions po;
+  po.sourceUrl = source.url();
+  po.targetUrl = target.url();
+  ProxyProcess proxy(po);
+  PqConn c(proxy.url());
+  ASSERT_TRUE(c.ok()) << c.error();
+  auto r = proxy.http("POST", "/phase", R"({"phase":"mirror"})");
+  ASSERT_EQ(r.status, 200) << r.body;
+  c.execOrThrow(
+      "INSERT INTO v VALUES (1, '2020-03-04 05:06:07', '03/04/2020', 0.1 + 0.2, "
+      "'\\x01ff', '1 day 2 hours')");
+  c.execParams(
+      "INSERT INTO v VALUES (2, $1, $2, $3, $4, $5)",
+      {"2021-01-02 03:04:05", "01/02/2021", "3.14159265358979", "\\xdeadbeef", "90 minutes"});
+  const std::string q =
+      "SELECT string_agg(id || '|' || at || '|' || d || '|' || f || '|' || b || '|' || i, ';' "
+      "ORDER BY id) FROM v";
+  const std::string read = c.execOrThrow(q).value();
+  r = proxy.http("POST", "/phase", R"({"phase":"mirror-read-target"})");
+  ASSERT_EQ(r.status, 200) << r.body;
+  EXPECT_EQ(c.execOrThrow(q).value(), read);  // the same text from the target
+  // The same values stored on both (compared in one fixed setting).
+  const std::string fixed =
+      "SET TimeZone = 'UTC'; SET DateStyle = 'ISO, MDY'; SET extra_float_digits = 3; "
+      "SET bytea_output = 'hex'; SET IntervalStyle = 'postgres'; " +
+      q;
+  EXPECT_EQ(source.psql(fixed), target.psql(fixed));
+}
+
 }  // namespace
 }  // namespace pghandoff::test
