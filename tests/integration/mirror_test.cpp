@@ -892,6 +892,39 @@ TEST_F(Mirror, ClientVanishingInsideAMirroredTransactionLeavesNothing) {
   }
 }
 
+// SPEC §2 / issue 3 step 4: SET, RESET, DISCARD and temporary tables reach
+// both sides; a read inside a transaction that wrote sees that transaction's
+// rows wherever the phase sends reads.
+TEST_F(Mirror, SessionStatementsAndTempTablesReachBothSides) {
+  startProxy();
+  PqConn c(proxy_->url());
+  ASSERT_TRUE(c.ok()) << c.error();
+  flip("mirror");
+  c.execOrThrow("CREATE TEMP TABLE tmp (id int)");
+  c.execOrThrow("INSERT INTO tmp VALUES (1), (2)");
+  c.execOrThrow("INSERT INTO items SELECT id, 'from temp' FROM tmp");
+  c.execOrThrow("SET TimeZone = 'America/New_York'");
+  const std::string zone = c.execOrThrow("SHOW TimeZone").value();
+  flip("mirror-read-target");
+  // Reads now come from the target's session: its temp table, its settings.
+  EXPECT_EQ(c.execOrThrow("SELECT count(*) FROM tmp").value(), "2");
+  EXPECT_EQ(c.execOrThrow("SHOW TimeZone").value(), zone);
+  EXPECT_EQ(c.execOrThrow("SELECT count(*) FROM marker WHERE side = 'target'").value(), "1");
+  c.execOrThrow("RESET TimeZone");
+  EXPECT_NE(c.execOrThrow("SHOW TimeZone").value(), zone);
+  // Read-your-writes inside a transaction, reads on the target.
+  c.execOrThrow("BEGIN");
+  c.execOrThrow("INSERT INTO items VALUES (50, 'uncommitted')");
+  EXPECT_EQ(c.execOrThrow("SELECT count(*) FROM items WHERE id = 50").value(), "1");
+  c.execOrThrow("ROLLBACK");
+  EXPECT_EQ(c.execOrThrow("SELECT count(*) FROM items WHERE id = 50").value(), "0");
+  c.execOrThrow("DISCARD ALL");  // on both: the temp table is gone everywhere
+  EXPECT_EQ(c.exec("SELECT count(*) FROM tmp").sqlstate, "42P01");
+  flip("mirror");
+  EXPECT_EQ(c.exec("SELECT count(*) FROM tmp").sqlstate, "42P01");
+  expectSame("SELECT string_agg(id || v, ',' ORDER BY id) FROM items");
+}
+
 // SPEC §2: advisory locks live on the authoritative side.
 TEST_F(Mirror, AdvisoryLocksAreTakenOnTheAuthoritativeSideOnly) {
   startProxy();
