@@ -1068,7 +1068,8 @@ awaitable<bool> ClientSession::settle(const Unit& u, FailBoth fb, const Outcome&
 
   // 3. Commit: the mirror first, then the authoritative side (both prepared
   // first under mirror.two_phase_commit).
-  if (wrap && wrapMirror && up_[m].conn && rt_->cfg.mirror.twoPhaseCommit) {
+  if (wrap && wrapMirror && up_[m].conn && rt_->cfg.mirror.twoPhaseCommit &&
+      registry_.twoPhaseUsable()) {
     std::optional<protocol::ErrorFields> refusal;
     std::string why;
     const TwoPhase r = co_await commitTwoPhase(a, m, refusal, why);
@@ -1566,8 +1567,8 @@ awaitable<bool> ClientSession::mirrorCommit(const Unit& u, int a, int m) {
     plain.erase(plain.begin());
   }
   for (char& ch : plain) ch = static_cast<char>(std::toupper(static_cast<unsigned char>(ch)));
-  if (rt_->cfg.mirror.twoPhaseCommit && u.ready && u.single && !u.implicitCommit &&
-      u.info.tx == TxControl::kCommit &&
+  if (rt_->cfg.mirror.twoPhaseCommit && registry_.twoPhaseUsable() && u.ready && u.single &&
+      !u.implicitCommit && u.info.tx == TxControl::kCommit &&
       (plain == "COMMIT" || plain == "END" || plain == "COMMIT TRANSACTION" ||
        plain == "COMMIT WORK")) {
     std::optional<protocol::ErrorFields> refusal;

@@ -76,6 +76,15 @@ class Registry {
     return warned_.insert(fingerprint).second;
   }
 
+  // mirror.two_phase_commit is on and both servers allow prepared
+  // transactions (max_prepared_transactions > 0): checked by the server's
+  // recovery pass; until then, and when they do not, commits keep the
+  // mirror-first order.
+  [[nodiscard]] bool twoPhaseUsable() const {
+    return twoPhaseUsable_.load(std::memory_order_acquire);
+  }
+  void setTwoPhaseUsable(bool v) { twoPhaseUsable_.store(v, std::memory_order_release); }
+
   // Two-phase commit: transactions decided (prepared on both sides) whose
   // COMMIT PREPARED did not reach a side; the server finishes them.
   void addPendingCommit(std::string gid) {
@@ -118,6 +127,7 @@ class Registry {
   }
   PhaseController& phases_;
   std::atomic<bool> mirrorBroken_{false};
+  std::atomic<bool> twoPhaseUsable_{false};
   protocol::ClassificationCache classifier_;
   protocol::AnalysisCache analyses_;
   std::atomic<std::uint32_t> clients_{0};

@@ -175,18 +175,30 @@ awaitable<AdminReply> ProxyServer::setPhase(std::string name,
   co_return reply;
 }
 
-awaitable<void> ProxyServer::twoPhaseRecovery() {
+awaitable<void> ProxyServer::startAccepting() {
+  // Under two-phase commit, what an earlier process left prepared is finished
+  // (and whether both servers allow it is known) before the first client.
+  auto rt = runtime();
+  if (rt->cfg.mirror.twoPhaseCommit && rt->target) {
+    const bool done = co_await resolvePrepared(true);
+    asio::co_spawn(mainIo_, twoPhaseRecovery(done), asio::detached);
+  }
+  accepting_ = true;
+  co_await acceptLoop();
+}
+
+awaitable<void> ProxyServer::twoPhaseRecovery(bool startDone) {
   asio::steady_timer timer(mainIo_);
-  bool startDone = false;
   while (!shuttingDown_) {
+    timer.expires_after(std::chrono::seconds(startDone ? 2 : 5));
+    error_code ec;
+    co_await timer.async_wait(asio::redirect_error(kUseAwaitable, ec));
+    if (shuttingDown_) break;
     if (!startDone) {
       startDone = co_await resolvePrepared(true);
     } else {
       (void)co_await resolvePrepared(false);
     }
-    timer.expires_after(std::chrono::seconds(startDone ? 2 : 5));
-    error_code ec;
-    co_await timer.async_wait(asio::redirect_error(kUseAwaitable, ec));
   }
 }
 
@@ -218,6 +230,26 @@ awaitable<bool> ProxyServer::resolvePrepared(bool all) {
   const std::string list =
       "SELECT gid FROM pg_catalog.pg_prepared_xacts WHERE pg_catalog.starts_with(gid, "
       "'pghandoff_') AND database = pg_catalog.current_database()";
+  if (all) {
+    // Both servers must allow prepared transactions.
+    const std::string show = "SHOW max_prepared_transactions";
+    QueryRows a = co_await simpleQuery(auth, show);
+    QueryRows m = co_await simpleQuery(mirror, show);
+    auto allows = [](const QueryRows& q) {
+      return !q.error && q.rows.size() == 1 && !q.rows[0].empty() && q.rows[0][0] &&
+             *q.rows[0][0] != "0";
+    };
+    const bool usable = allows(a) && allows(m);
+    registry_.setTwoPhaseUsable(usable);
+    if (usable) {
+      spdlog::info("two-phase commit in use (mirror.two_phase_commit)");
+    } else {
+      spdlog::error(
+          "mirror.two_phase_commit is on but the {} does not allow prepared transactions "
+          "(max_prepared_transactions = 0): commits keep the mirror-first order",
+          !allows(a) ? (targetAuth ? "target" : "source") : (targetAuth ? "source" : "target"));
+    }
+  }
   QueryRows onAuth = co_await simpleQuery(auth, list);
   QueryRows onMirror = co_await simpleQuery(mirror, list);
   bool ok = !onAuth.error && !onMirror.error;
@@ -292,8 +324,7 @@ int ProxyServer::run() {
     threads_.emplace_back([&io] { io->run(); });
   }
   if (admin_) admin_->start();
-  accepting_ = true;
-  asio::co_spawn(mainIo_, acceptLoop(), asio::detached);
+  asio::co_spawn(mainIo_, startAccepting(), asio::detached);
   waitForSignals();
   auto rt = runtime();
   spdlog::info("pghandoff {} listening on {} (source {}), {} worker threads", PGHANDOFF_VERSION,
@@ -301,9 +332,7 @@ int ProxyServer::run() {
   if (rt->cfg.mirror.mode == config::MirrorMode::kAsync) {
     spdlog::warn("not built yet: mirror.mode async; mirroring runs in sync mode");
   }
-  if (rt->cfg.mirror.twoPhaseCommit && rt->target) {
-    asio::co_spawn(mainIo_, twoPhaseRecovery(), asio::detached);
-  }
+
   mainIo_.run();
   // Let the cancelled accept (and anything else already completed) finish
   // its coroutine before the contexts go away.

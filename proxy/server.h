@@ -47,8 +47,11 @@ class ProxyServer {
   // once at start every one left by an earlier process (decided by the
   // authoritative side: prepared there means decided, commit on both;
   // prepared on the mirror alone means undecided, roll back), then the
-  // COMMIT PREPAREDs sessions could not deliver. Every 2 s, until shutdown.
-  awaitable<void> twoPhaseRecovery();
+  // COMMIT PREPAREDs sessions could not deliver. Every 2 s, until shutdown
+  // (`startDone`: the start pass succeeded already).
+  awaitable<void> twoPhaseRecovery(bool startDone);
+  // The start pass (when two-phase commit is on), then the accept loop.
+  awaitable<void> startAccepting();
   // One pass; false when a server could not be reached (retried).
   awaitable<bool> resolvePrepared(bool all);
 

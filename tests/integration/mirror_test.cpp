@@ -925,6 +925,21 @@ TEST_F(Mirror, SessionStatementsAndTempTablesReachBothSides) {
   expectSame("SELECT string_agg(id || v, ',' ORDER BY id) FROM items");
 }
 
+// Two-phase commit only "when both servers allow it": these servers have
+// max_prepared_transactions = 0, so commits keep the mirror-first order.
+TEST_F(Mirror, TwoPhaseCommitWithoutPreparedTransactionsKeepsTheMirrorFirstOrder) {
+  startProxy("mirror: { two_phase_commit: true }");
+  EXPECT_NE(proxy_->log().find("does not allow prepared transactions"), std::string::npos);
+  PqConn c(proxy_->url());
+  ASSERT_TRUE(c.ok()) << c.error();
+  flip("mirror");
+  c.execOrThrow("INSERT INTO items VALUES (1, 'a')");
+  c.execOrThrow("BEGIN");
+  c.execOrThrow("INSERT INTO items VALUES (2, 'b')");
+  EXPECT_EQ(c.execOrThrow("COMMIT").commandTag, "COMMIT");
+  expectSame("SELECT string_agg(id || v, ',' ORDER BY id) FROM items");
+}
+
 // SPEC §2: advisory locks live on the authoritative side.
 TEST_F(Mirror, AdvisoryLocksAreTakenOnTheAuthoritativeSideOnly) {
   startProxy();
