@@ -195,6 +195,56 @@ constexpr int kDot = PG_QUERY__TOKEN__ASCII_46;
 constexpr int kSemicolon = PG_QUERY__TOKEN__ASCII_59;
 constexpr int kComma = PG_QUERY__TOKEN__ASCII_44;
 
+// Lookups in the scanner's tokens, shared by the walks below.
+class TokenWalker {
+ protected:
+  explicit TokenWalker(const std::vector<Token>& tokens) : tokens_(tokens) {}
+
+  // The token starting exactly at `offset`, or kNoToken.
+  std::size_t tokenAt(std::size_t offset) const {
+    const std::size_t t = tokenAtOrAfter(offset);
+    return t != kNoToken && tokens_[t].start == offset ? t : kNoToken;
+  }
+
+  std::size_t tokenAtOrAfter(std::size_t offset) const {
+    const auto it = std::ranges::lower_bound(tokens_, offset, {}, &Token::start);
+    return it == tokens_.end() ? kNoToken : static_cast<std::size_t>(it - tokens_.begin());
+  }
+
+  std::size_t firstTokenOfKind(std::size_t from, int kind) const {
+    for (std::size_t t = from; t < tokens_.size(); ++t) {
+      if (tokens_[t].kind == kind) return t;
+    }
+    return kNoToken;
+  }
+
+  // The ')' closing the '(' at `open`, or kNoToken when unbalanced.
+  std::size_t matchingParen(std::size_t open) const {
+    std::size_t depth = 0;
+    for (std::size_t t = open; t < tokens_.size(); ++t) {
+      if (tokens_[t].kind == kOpenParen) {
+        ++depth;
+      } else if (tokens_[t].kind == kCloseParen) {
+        if (--depth == 0) return t;
+      }
+    }
+    return kNoToken;
+  }
+
+  // End of the last token (';' excluded) that starts in [begin, end); 0 if none.
+  std::size_t lastTokenEnd(std::size_t begin, std::size_t end) const {
+    const auto it = std::ranges::lower_bound(tokens_, end, {}, &Token::start);
+    for (auto t = it; t != tokens_.begin();) {
+      --t;
+      if (t->start < begin) break;
+      if (t->kind != kSemicolon) return t->end;
+    }
+    return 0;
+  }
+
+  const std::vector<Token>& tokens_;
+};
+
 // ---------------------------------------------------------------------------
 // The walk.
 
@@ -210,10 +260,10 @@ struct Output {
   }
 };
 
-class Analyzer {
+class Analyzer : TokenWalker {
  public:
   Analyzer(const JsonDoc& doc, std::string_view sql, const std::vector<Token>& tokens)
-      : doc_(doc), sql_(sql), tokens_(tokens) {}
+      : TokenWalker(tokens), doc_(doc), sql_(sql) {}
 
   // `item` is an element of the tree's "stmts" array.
   void topLevel(std::uint32_t item, Output& out) {
@@ -698,53 +748,8 @@ class Analyzer {
     return false;
   }
 
-  // --- tokens
-
-  // The token starting exactly at `offset`, or kNoToken.
-  std::size_t tokenAt(std::size_t offset) const {
-    const std::size_t t = tokenAtOrAfter(offset);
-    return t != kNoToken && tokens_[t].start == offset ? t : kNoToken;
-  }
-
-  std::size_t tokenAtOrAfter(std::size_t offset) const {
-    const auto it = std::ranges::lower_bound(tokens_, offset, {}, &Token::start);
-    return it == tokens_.end() ? kNoToken : static_cast<std::size_t>(it - tokens_.begin());
-  }
-
-  std::size_t firstTokenOfKind(std::size_t from, int kind) const {
-    for (std::size_t t = from; t < tokens_.size(); ++t) {
-      if (tokens_[t].kind == kind) return t;
-    }
-    return kNoToken;
-  }
-
-  // The ')' closing the '(' at `open`, or kNoToken when unbalanced.
-  std::size_t matchingParen(std::size_t open) const {
-    std::size_t depth = 0;
-    for (std::size_t t = open; t < tokens_.size(); ++t) {
-      if (tokens_[t].kind == kOpenParen) {
-        ++depth;
-      } else if (tokens_[t].kind == kCloseParen) {
-        if (--depth == 0) return t;
-      }
-    }
-    return kNoToken;
-  }
-
-  // End of the last token (';' excluded) that starts in [begin, end).
-  std::size_t lastTokenEnd(std::size_t begin, std::size_t end) const {
-    const auto it = std::ranges::lower_bound(tokens_, end, {}, &Token::start);
-    for (auto t = it; t != tokens_.begin();) {
-      --t;
-      if (t->start < begin) break;
-      if (t->kind != kSemicolon) return t->end;
-    }
-    return 0;
-  }
-
   const JsonDoc& doc_;
   std::string_view sql_;
-  const std::vector<Token>& tokens_;
   // Filled in pre-order, so each is sorted by node index (binary search): a node
   // is always visited after the node that fills its entry.
   std::vector<std::uint32_t> castConstants_;  // A_Const nodes under a TypeCast
@@ -752,17 +757,24 @@ class Analyzer {
   std::vector<std::pair<std::uint32_t, std::size_t>> cteEnds_;  // DML node -> text end
 };
 
-DeterminismAnalysis analyzeOrThrow(std::string_view sql) {
-  DeterminismAnalysis result;
-  if (sql.find('\0') != std::string_view::npos) return result;
+// Parses and scans `sql`, then calls f(doc, tokens); false when either fails
+// (or the text holds a NUL: a Query/Parse message carries a C string).
+template <typename F>
+bool withTree(std::string_view sql, F&& f) {
+  if (sql.find('\0') != std::string_view::npos) return false;
   const std::string text(sql);
   const ParseResultGuard parsed{pg_query_parse(text.c_str())};
-  if (parsed.result.error != nullptr || parsed.result.parse_tree == nullptr) return result;
+  if (parsed.result.error != nullptr || parsed.result.parse_tree == nullptr) return false;
   std::vector<Token> tokens;
-  if (!scanTokens(text.c_str(), text.size(), tokens)) return result;
+  if (!scanTokens(text.c_str(), text.size(), tokens)) return false;
   JsonDoc doc;
-  if (!doc.parse(parsed.result.parse_tree, std::strlen(parsed.result.parse_tree))) return result;
+  if (!doc.parse(parsed.result.parse_tree, std::strlen(parsed.result.parse_tree))) return false;
+  f(static_cast<const JsonDoc&>(doc), static_cast<const std::vector<Token>&>(tokens));
+  return true;
+}
 
+void analyzeTree(std::string_view sql, const JsonDoc& doc, const std::vector<Token>& tokens,
+                 DeterminismAnalysis& result) {
   Output out;
   Analyzer analyzer(doc, sql, tokens);
   const std::uint32_t stmts = doc.member(0, "stmts");
@@ -788,16 +800,23 @@ DeterminismAnalysis analyzeOrThrow(std::string_view sql) {
   for (auto& w : out.writes) result.writes.push_back(std::move(w.second));
   result.unsupported = std::move(out.unsupported);
   result.parsed = true;
+}
+
+DeterminismAnalysis analyzeOrThrow(std::string_view sql) {
+  DeterminismAnalysis result;
+  (void)withTree(sql, [&](const JsonDoc& doc, const std::vector<Token>& tokens) {
+    analyzeTree(sql, doc, tokens, result);
+  });
   return result;
 }
 
 // ---------------------------------------------------------------------------
 // The shape of one INSERT (see InsertShape).
 
-class InsertReader {
+class InsertReader : TokenWalker {
  public:
   InsertReader(const JsonDoc& doc, std::string_view sql, const std::vector<Token>& tokens)
-      : doc_(doc), sql_(sql), tokens_(tokens) {}
+      : TokenWalker(tokens), doc_(doc), sql_(sql) {}
 
   bool read(std::uint32_t item, InsertShape& out) {
     const std::uint32_t stmt = doc_.member(item, "stmt");
@@ -806,7 +825,7 @@ class InsertReader {
     const std::size_t begin = doc_.sizeMember(item, "stmt_location").value_or(0);
     const std::optional<std::size_t> len = doc_.sizeMember(item, "stmt_len");
     const std::size_t stmtEnd = len.has_value() && *len > 0 ? begin + *len : sql_.size();
-    out.statementEnd = lastEnd(begin, stmtEnd);
+    out.statementEnd = lastTokenEnd(begin, stmtEnd);
     if (out.statementEnd == 0) return false;
 
     // INSERT: the first one outside parentheses (a WITH's bodies are inside).
@@ -939,11 +958,11 @@ class InsertReader {
         out.source = InsertShape::Source::kQuery;
         out.rows.clear();
         out.rowCloses.clear();
-        out.sourceEnd = lastEnd(out.sourceBegin, out.tailBegin);
+        out.sourceEnd = lastTokenEnd(out.sourceBegin, out.tailBegin);
       }
     } else {
       out.source = InsertShape::Source::kQuery;
-      out.sourceEnd = lastEnd(out.sourceBegin, out.tailBegin);
+      out.sourceEnd = lastTokenEnd(out.sourceBegin, out.tailBegin);
     }
     if (out.sourceEnd == 0 || out.sourceEnd > out.tailBegin) return false;
 
@@ -966,57 +985,20 @@ class InsertReader {
   }
 
  private:
-  std::size_t tokenAtOrAfter(std::size_t offset) const {
-    const auto it = std::ranges::lower_bound(tokens_, offset, {}, &Token::start);
-    return it == tokens_.end() ? kNoToken : static_cast<std::size_t>(it - tokens_.begin());
-  }
-  std::size_t tokenAt(std::size_t offset) const {
-    const std::size_t t = tokenAtOrAfter(offset);
-    return t != kNoToken && tokens_[t].start == offset ? t : kNoToken;
-  }
-  std::size_t matchingParen(std::size_t open) const {
-    std::size_t depth = 0;
-    for (std::size_t t = open; t < tokens_.size(); ++t) {
-      if (tokens_[t].kind == kOpenParen) {
-        ++depth;
-      } else if (tokens_[t].kind == kCloseParen) {
-        if (--depth == 0) return t;
-      }
-    }
-    return kNoToken;
-  }
-  // End of the last token (';' excluded) that starts in [begin, end); 0 if none.
-  std::size_t lastEnd(std::size_t begin, std::size_t end) const {
-    const auto it = std::ranges::lower_bound(tokens_, end, {}, &Token::start);
-    for (auto t = it; t != tokens_.begin();) {
-      --t;
-      if (t->start < begin) break;
-      if (t->kind != kSemicolon) return t->end;
-    }
-    return 0;
-  }
-
   const JsonDoc& doc_;
   std::string_view sql_;
-  const std::vector<Token>& tokens_;
 };
 
 InsertShape analyzeInsertOrThrow(std::string_view sql) {
   InsertShape result;
-  if (sql.find('\0') != std::string_view::npos) return result;
-  const std::string text(sql);
-  const ParseResultGuard parsed{pg_query_parse(text.c_str())};
-  if (parsed.result.error != nullptr || parsed.result.parse_tree == nullptr) return result;
-  std::vector<Token> tokens;
-  if (!scanTokens(text.c_str(), text.size(), tokens)) return result;
-  JsonDoc doc;
-  if (!doc.parse(parsed.result.parse_tree, std::strlen(parsed.result.parse_tree))) return result;
-  const std::uint32_t stmts = doc.member(0, "stmts");
-  if (doc.childCount(stmts) != 1) return result;
-  InsertShape shape;
-  InsertReader reader(doc, sql, tokens);
-  if (!reader.read(doc.at(stmts).firstChild, shape)) return result;
-  return shape;
+  (void)withTree(sql, [&](const JsonDoc& doc, const std::vector<Token>& tokens) {
+    const std::uint32_t stmts = doc.member(0, "stmts");
+    if (doc.childCount(stmts) != 1) return;
+    InsertShape shape;
+    InsertReader reader(doc, sql, tokens);
+    if (reader.read(doc.at(stmts).firstChild, shape)) result = std::move(shape);
+  });
+  return result;
 }
 
 }  // namespace

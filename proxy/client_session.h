@@ -156,6 +156,10 @@ class ClientSession : public std::enable_shared_from_this<ClientSession> {
   awaitable<bool> sendTo(int idx, protocol::Bytes bytes);
   awaitable<bool> exchange(int idx, protocol::Bytes bytes, Sink sink, Outcome& out,
                            std::size_t expected);
+  // `bytes` starts with the proxy's own BEGIN when `wrapped` (its answer is
+  // read and dropped first).
+  awaitable<bool> exchangeWrapped(int idx, protocol::Bytes bytes, bool wrapped, Sink sink,
+                                  Outcome& out, std::size_t expected);
   // Runs one of the proxy's own statements on a side; false when the side is
   // lost or the statement failed.
   awaitable<bool> runOwn(int idx, std::string_view sql, Outcome& out);
@@ -216,6 +220,8 @@ class ClientSession : public std::enable_shared_from_this<ClientSession> {
   // A trigger that fires for one of the request's writes and would compute
   // values per server on the mirror: its description in `which`. False when
   // the authoritative side is lost.
+  [[nodiscard]] static std::vector<const protocol::WriteTarget*> writesOf(
+      const Unit& u, const protocol::DeterminismAnalysis* query);
   awaitable<bool> perServerTrigger(int a, const Unit& u, const protocol::DeterminismAnalysis* query,
                                    std::string& which);
   int catalogDepth_ = 0;  // tableColumns inside tableColumns (a trigger's target tables)
@@ -258,6 +264,10 @@ class ClientSession : public std::enable_shared_from_this<ClientSession> {
   awaitable<bool> syncAfterError();
   awaitable<bool> answer(bool ready, char status);
   awaitable<bool> failTransaction(int a);
+  // Rolls back the open transaction on the authoritative side (the proxy's
+  // wrapper, or a client's whose commit the mirror could not follow); false
+  // (the session ended) when that side is lost.
+  awaitable<bool> rollBackWrapper(int a);
   // Answers a request with an error without running it anywhere.
   awaitable<bool> refuseUnit(const Unit& u, int a, const protocol::ErrorFields& e);
   struct FailBoth {

@@ -497,6 +497,16 @@ awaitable<bool> ClientSession::refuseUnit(const Unit& u, int a, const protocol::
   co_return co_await answer(u.ready, clientTx == 'I' ? 'I' : 'E');
 }
 
+awaitable<bool> ClientSession::rollBackWrapper(int a) {
+  Outcome rb;
+  const bool rolledBack = co_await runOwn(a, kRollback, rb);
+  if (!rolledBack && !up_[a].conn) {
+    co_await lockstepLost(a);
+    co_return false;
+  }
+  co_return true;
+}
+
 awaitable<bool> ClientSession::failTransaction(int a) {
   // The client was told its transaction failed: make it so on the
   // authoritative side, whose aborted state then answers what follows
@@ -778,11 +788,9 @@ awaitable<bool> ClientSession::runUnit(const Unit& u) {
   out.insert(out.end(), u.bytes.begin(), u.bytes.end());
   if (pinTime) protocol::encodeQuery(kPinTimeQuery, out);
   if (u.count > 0) metrics().queriesTotal(sideLabel(a), kind).inc(u.count);
-  Outcome begin, ao, pinned;
+  Outcome ao, pinned;
   // (No co_await inside || or &&: GCC 12 miscompiles it.)
-  bool answered = co_await sendTo(a, out);
-  if (answered && wrap) answered = co_await pump(a, Sink::kDiscard, begin, 0);
-  if (answered) answered = co_await pump(a, Sink::kHold, ao, expect);
+  bool answered = co_await exchangeWrapped(a, out, wrap, Sink::kHold, ao, expect);
   if (answered && pinTime) answered = co_await pump(a, Sink::kCollect, pinned, 0);
   if (!answered) {
     co_await lockstepLost(a);
@@ -794,12 +802,7 @@ awaitable<bool> ClientSession::runUnit(const Unit& u) {
   // the mirror need not see the request.
   if (ao.error && (wrap || (clientTx != 'I' && !u.txControl) || !u.ready)) {
     if (wrap) {
-      Outcome rb;
-      bool rolledBack = co_await runOwn(a, kRollback, rb);
-      if (!rolledBack && !up_[a].conn) {
-        co_await lockstepLost(a);
-        co_return false;
-      }
+      if (!co_await rollBackWrapper(a)) co_return false;
     }
     co_return co_await answer(u.ready, wrap ? 'I' : ao.txStatus);
   }
@@ -833,10 +836,8 @@ awaitable<bool> ClientSession::runUnit(const Unit& u) {
     out.insert(out.end(), u.bytes.begin(), u.bytes.end());
   }
   if (u.count > 0) metrics().queriesTotal(sideLabel(m), kind).inc(u.count);
-  Outcome mbegin, mo;
-  bool mirrored = co_await sendTo(m, out);
-  if (mirrored && wrapMirror) mirrored = co_await pump(m, Sink::kDiscard, mbegin, 0);
-  if (mirrored) mirrored = co_await pump(m, Sink::kDiscard, mo, expect);
+  Outcome mo;
+  bool mirrored = co_await exchangeWrapped(m, out, wrapMirror, Sink::kDiscard, mo, expect);
 
   co_return co_await settle(u, FailBoth{a, m, wrap, wrapMirror, clientTx, u.ready}, ao, mo,
                             mirrored);
@@ -876,11 +877,9 @@ awaitable<bool> ClientSession::runPinnedInsert(const Unit& u, int a, int m, cons
   if (wrap) protocol::encodeQuery(kBegin, out);
   protocol::encodeQuery(plan.prestep, out);
   metrics().queriesTotal(sideLabel(a), labels::QueryKind::kWrite).inc();
-  Outcome begin, pre;
+  Outcome pre;
   pre.collectLimit = kMaxPinnedBytes;
-  bool answered = co_await sendTo(a, out);
-  if (answered && wrap) answered = co_await pump(a, Sink::kDiscard, begin, 0);
-  if (answered) answered = co_await pump(a, Sink::kCollect, pre, 0);
+  bool answered = co_await exchangeWrapped(a, out, wrap, Sink::kCollect, pre, 0);
   if (!answered) {
     co_await lockstepLost(a);
     co_return false;
@@ -914,12 +913,7 @@ awaitable<bool> ClientSession::runPinnedInsert(const Unit& u, int a, int m, cons
   if (!texts) {
     // Undo what the prestep did (sequence calls, a writable CTE).
     if (wrap) {
-      Outcome rb;
-      bool rolledBack = co_await runOwn(a, kRollback, rb);
-      if (!rolledBack && !up_[a].conn) {
-        co_await lockstepLost(a);
-        co_return false;
-      }
+      if (!co_await rollBackWrapper(a)) co_return false;
     }
     if (pre.error) {
       // What the statement itself would have met (no such table, a bad
@@ -960,12 +954,7 @@ awaitable<bool> ClientSession::runPinnedInsert(const Unit& u, int a, int m, cons
   }
   if (ao.error) {
     if (wrap) {
-      Outcome rb;
-      bool rolledBack = co_await runOwn(a, kRollback, rb);
-      if (!rolledBack && !up_[a].conn) {
-        co_await lockstepLost(a);
-        co_return false;
-      }
+      if (!co_await rollBackWrapper(a)) co_return false;
     }
     co_return co_await answer(u.ready, wrap ? 'I' : ao.txStatus);
   }
@@ -980,10 +969,8 @@ awaitable<bool> ClientSession::runPinnedInsert(const Unit& u, int a, int m, cons
     out.insert(out.end(), frames.begin(), frames.end());
   }
   metrics().queriesTotal(sideLabel(m), labels::QueryKind::kWrite).inc();
-  Outcome mbegin, mo;
-  bool mirrored = co_await sendTo(m, out);
-  if (mirrored && wrap) mirrored = co_await pump(m, Sink::kDiscard, mbegin, 0);
-  if (mirrored) mirrored = co_await pump(m, Sink::kDiscard, mo, 0);
+  Outcome mo;
+  bool mirrored = co_await exchangeWrapped(m, out, wrap, Sink::kDiscard, mo, 0);
   co_return co_await settle(u, FailBoth{a, m, wrap, wrap, clientTx, u.ready}, ao, mo, mirrored);
 }
 
@@ -1214,6 +1201,19 @@ int eventOf(protocol::WriteTarget::Op op) {
 
 }  // namespace
 
+// The tables a request writes: a simple Query's analysis, or each Execute's.
+std::vector<const protocol::WriteTarget*> ClientSession::writesOf(
+    const Unit& u, const protocol::DeterminismAnalysis* query) {
+  std::vector<const protocol::WriteTarget*> writes;
+  if (query != nullptr) {
+    for (const auto& w : query->writes) writes.push_back(&w);
+  }
+  for (const auto& d : u.analyses) {
+    for (const auto& w : d->determinism.writes) writes.push_back(&w);
+  }
+  return writes;
+}
+
 awaitable<bool> ClientSession::tableColumns(int a, const std::string& schema,
                                             const std::string& table,
                                             const std::vector<TableColumn>*& out) {
@@ -1323,13 +1323,7 @@ awaitable<bool> ClientSession::perServerTrigger(int a, const Unit& u,
                                                 const protocol::DeterminismAnalysis* query,
                                                 std::string& which) {
   which.clear();
-  std::vector<const protocol::WriteTarget*> writes;
-  if (query != nullptr) {
-    for (const auto& w : query->writes) writes.push_back(&w);
-  }
-  for (const auto& d : u.analyses) {
-    for (const auto& w : d->determinism.writes) writes.push_back(&w);
-  }
+  const std::vector<const protocol::WriteTarget*> writes = writesOf(u, query);
   for (const protocol::WriteTarget* w : writes) {
     const std::vector<TableColumn>* columns = nullptr;
     if (!co_await tableColumns(a, w->schema, w->table, columns)) co_return false;
@@ -1353,13 +1347,7 @@ awaitable<bool> ClientSession::fillsVolatileDefault(int a, const Unit& u,
                                                     const protocol::DeterminismAnalysis* query,
                                                     bool& fills, std::string& which) {
   fills = false;
-  std::vector<const protocol::WriteTarget*> writes;
-  if (query != nullptr) {
-    for (const auto& w : query->writes) writes.push_back(&w);
-  }
-  for (const auto& d : u.analyses) {
-    for (const auto& w : d->determinism.writes) writes.push_back(&w);
-  }
+  const std::vector<const protocol::WriteTarget*> writes = writesOf(u, query);
   for (const protocol::WriteTarget* wp : writes) {
     const protocol::WriteTarget& w = *wp;
     if (w.op == protocol::WriteTarget::Op::kDelete) continue;
@@ -1391,11 +1379,9 @@ awaitable<bool> ClientSession::mirrorCopyIn(const Unit& u, int a, int m, bool wi
   if (wrap) protocol::encodeQuery(kBegin, out);
   out.insert(out.end(), u.bytes.begin(), u.bytes.end());
   metrics().queriesTotal(sideLabel(a), labels::QueryKind::kWrite).inc(u.count);
-  Outcome begin, ao;
+  Outcome ao;
   ao.stopAtCopyIn = true;
-  bool answered = co_await sendTo(a, out);
-  if (answered && wrap) answered = co_await pump(a, Sink::kDiscard, begin, 0);
-  if (answered) answered = co_await pump(a, Sink::kHold, ao, 0);
+  bool answered = co_await exchangeWrapped(a, out, wrap, Sink::kHold, ao, 0);
   if (!answered) {
     co_await lockstepLost(a);
     co_return false;
@@ -1403,12 +1389,7 @@ awaitable<bool> ClientSession::mirrorCopyIn(const Unit& u, int a, int m, bool wi
   if (!ao.copyIn) {
     // The COPY did not start (no such table, ...): nothing to mirror.
     if (wrap) {
-      Outcome rb;
-      bool rolledBack = co_await runOwn(a, kRollback, rb);
-      if (!rolledBack && !up_[a].conn) {
-        co_await lockstepLost(a);
-        co_return false;
-      }
+      if (!co_await rollBackWrapper(a)) co_return false;
     }
     co_return co_await answer(true, wrap ? 'I' : ao.txStatus);
   }
@@ -1424,14 +1405,12 @@ awaitable<bool> ClientSession::mirrorCopyIn(const Unit& u, int a, int m, bool wi
   cbuf_.consumeReady();
   if (!co_await answer(false, 'I')) co_return false;
 
-  Outcome mbegin, mo;
+  Outcome mo;
   mo.stopAtCopyIn = true;
   bool mirrored = false;
   if (withMirror) {
     metrics().queriesTotal(sideLabel(m), labels::QueryKind::kWrite).inc(u.count);
-    mirrored = co_await sendTo(m, mirrorOut);
-    if (mirrored && wrapMirror) mirrored = co_await pump(m, Sink::kDiscard, mbegin, 0);
-    if (mirrored) mirrored = co_await pump(m, Sink::kDiscard, mo, 0);
+    mirrored = co_await exchangeWrapped(m, mirrorOut, wrapMirror, Sink::kDiscard, mo, 0);
   }
   bool toMirror = mirrored && mo.copyIn;
 
@@ -1587,12 +1566,7 @@ awaitable<bool> ClientSession::mirrorCommit(const Unit& u, int a, int m) {
     if (r == TwoPhase::kMirrorFailed) {
       mirrorFailed(m, MirrorErrorReason::kCommitFailed, why);
       if (failClient) {
-        Outcome rb;
-        bool rolledBack = co_await runOwn(a, kRollback, rb);
-        if (!rolledBack && !up_[a].conn) {
-          co_await lockstepLost(a);
-          co_return false;
-        }
+        if (!co_await rollBackWrapper(a)) co_return false;
         holdError(protocol::ErrorFields{
             "ERROR", sqlstate::kSystemError,
             std::string("the ") + sideName(m) + " server could not prepare the transaction (" +
@@ -1611,10 +1585,8 @@ awaitable<bool> ClientSession::mirrorCommit(const Unit& u, int a, int m) {
     std::vector<std::uint8_t> out;
     protocol::encodeQuery(kBegin, out);
     out.insert(out.end(), u.bytes.begin(), u.bytes.end());
-    Outcome begin, ac;
-    bool answered = co_await sendTo(a, out);
-    if (answered) answered = co_await pump(a, Sink::kDiscard, begin, 0);
-    if (answered) answered = co_await pump(a, Sink::kHold, ac, 0);
+    Outcome ac;
+    const bool answered = co_await exchangeWrapped(a, out, true, Sink::kHold, ac, 0);
     if (!answered) {
       co_await lockstepLost(a);
       co_return false;
@@ -1635,12 +1607,7 @@ awaitable<bool> ClientSession::mirrorCommit(const Unit& u, int a, int m) {
         Outcome rb;
         co_await runOwn(m, kRollback, rb);
       }
-      Outcome rb;
-      bool rolledBack = co_await runOwn(a, kRollback, rb);
-      if (!rolledBack && !up_[a].conn) {
-        co_await lockstepLost(a);
-        co_return false;
-      }
+      if (!co_await rollBackWrapper(a)) co_return false;
       holdError(protocol::ErrorFields{
           "ERROR", sqlstate::kSystemError,
           std::string("the ") + sideName(m) + " server could not commit the transaction (" +
@@ -1728,6 +1695,16 @@ awaitable<bool> ClientSession::exchange(int idx, protocol::Bytes bytes, Sink sin
                                         std::size_t expected) {
   bool sent = co_await sendTo(idx, bytes);
   if (!sent) co_return false;
+  co_return co_await pump(idx, sink, out, expected);
+}
+
+awaitable<bool> ClientSession::exchangeWrapped(int idx, protocol::Bytes bytes, bool wrapped,
+                                               Sink sink, Outcome& out, std::size_t expected) {
+  if (!co_await sendTo(idx, bytes)) co_return false;
+  if (wrapped) {
+    Outcome begin;
+    if (!co_await pump(idx, Sink::kDiscard, begin, 0)) co_return false;
+  }
   co_return co_await pump(idx, sink, out, expected);
 }
 

@@ -72,11 +72,7 @@ class Determinism : public ::testing::Test {
     proxy_ = std::make_unique<ProxyProcess>(o);
   }
   void TearDown() override {
-    if (HasFailure() && proxy_) {
-      std::string log = proxy_->log();
-      if (log.size() > 6000) log = log.substr(log.size() - 6000);
-      std::cerr << "---- proxy log (tail) ----\n" << log << "\n";
-    }
+    if (HasFailure() && proxy_) proxy_->printLogTail();
     proxy_.reset();
   }
   void flip(const std::string& phase) {

@@ -55,11 +55,7 @@ class Mirror : public ::testing::Test {
     target_->psql("INSERT INTO marker VALUES ('target')");
   }
   void TearDown() override {
-    if (HasFailure() && proxy_) {
-      std::string log = proxy_->log();
-      if (log.size() > 6000) log = log.substr(log.size() - 6000);
-      std::cerr << "---- proxy log (tail) ----\n" << log << "\n";
-    }
+    if (HasFailure() && proxy_) proxy_->printLogTail();
     proxy_.reset();
   }
 

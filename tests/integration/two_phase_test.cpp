@@ -43,11 +43,7 @@ class TwoPhase : public ::testing::Test {
     }
   }
   void TearDown() override {
-    if (HasFailure() && proxy_) {
-      std::string log = proxy_->log();
-      if (log.size() > 6000) log = log.substr(log.size() - 6000);
-      std::cerr << "---- proxy log (tail) ----\n" << log << "\n";
-    }
+    if (HasFailure() && proxy_) proxy_->printLogTail();
     proxy_.reset();
   }
   void startProxy(bool twoPhase, std::uint16_t targetPort = 0) {

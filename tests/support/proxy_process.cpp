@@ -1,5 +1,7 @@
 #include "tests/support/proxy_process.h"
 
+#include <iostream>
+
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <sys/socket.h>
@@ -497,6 +499,10 @@ void ProxyProcess::restart() {
 
 std::string ProxyProcess::log() const {
   return tailFile(logFile(), std::string::npos);
+}
+
+void ProxyProcess::printLogTail(std::size_t bytes) const {
+  std::cerr << "---- proxy log (tail) ----\n" << tailFile(logFile(), bytes) << "\n";
 }
 
 }  // namespace pghandoff::test

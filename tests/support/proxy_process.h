@@ -89,6 +89,8 @@ class ProxyProcess {
   void restart();
 
   [[nodiscard]] std::string log() const;  // the whole log file
+  // The last `bytes` of the log to stderr (for a failed test's TearDown).
+  void printLogTail(std::size_t bytes = 6000) const;
   [[nodiscard]] std::string logFile() const { return dir_.path() + "/proxy.log"; }
   [[nodiscard]] std::string configFile() const { return dir_.path() + "/pghandoff.yaml"; }
   [[nodiscard]] std::string stateDir() const { return dir_.path() + "/state"; }
