@@ -1,9 +1,11 @@
 #include "proxy/runtime.h"
 
 #include <openssl/rand.h>
+#include <spdlog/spdlog.h>
 
 #include <array>
 #include <cstdio>
+#include <fstream>
 #include <random>
 #include <stdexcept>
 
@@ -113,6 +115,29 @@ const std::string& twoPhaseGidPrefix() {
     return std::string(buf.data());
   }();
   return prefix;
+}
+
+void Registry::markMirrorBroken() {
+  if (mirrorBroken_.exchange(true, std::memory_order_acq_rel)) return;
+  if (brokenMarker_.empty()) return;
+  std::error_code ec;
+  std::filesystem::create_directories(brokenMarker_.parent_path(), ec);
+  std::ofstream out(brokenMarker_, std::ios::trunc);
+  out << "The mirror broke (mirror.on_target_error: degrade): the target missed writes.\n"
+         "Seed the target again, then remove this file.\n";
+  out.flush();
+  if (!out) {
+    spdlog::error("cannot write {}: after a restart the broken mirror would be forgotten",
+                  brokenMarker_.string());
+  }
+}
+
+bool Registry::useBrokenMarker(std::filesystem::path file) {
+  brokenMarker_ = std::move(file);
+  std::error_code ec;
+  if (!std::filesystem::exists(brokenMarker_, ec)) return false;
+  mirrorBroken_.store(true, std::memory_order_release);
+  return true;
 }
 
 }  // namespace pghandoff::proxy

@@ -5,6 +5,7 @@
 
 #include <atomic>
 #include <cstdint>
+#include <filesystem>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -65,8 +66,13 @@ class Registry {
   // `mirror.on_target_error: degrade` gave up on the target: writes go to the
   // authoritative side only until a re-seed (SPEC §2). Sticky for the life
   // of the process.
+  // Sticky across restarts too: a marker file under state.dir, written when
+  // the mirror breaks and read at start (remove it once the target has been
+  // seeded again).
   [[nodiscard]] bool mirrorBroken() const { return mirrorBroken_.load(std::memory_order_acquire); }
-  void markMirrorBroken() { mirrorBroken_.store(true, std::memory_order_release); }
+  void markMirrorBroken();
+  // The marker's path; true when it exists already (an earlier run broke it).
+  bool useBrokenMarker(std::filesystem::path file);
 
   // True the first time a statement fingerprint is seen here (bounded: the
   // set is cleared past 10,000): for warnings logged once per statement.
@@ -127,6 +133,7 @@ class Registry {
   }
   PhaseController& phases_;
   std::atomic<bool> mirrorBroken_{false};
+  std::filesystem::path brokenMarker_;
   std::atomic<bool> twoPhaseUsable_{false};
   protocol::ClassificationCache classifier_;
   protocol::AnalysisCache analyses_;

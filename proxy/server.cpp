@@ -59,6 +59,8 @@ ProxyServer::ProxyServer(config::Config cfg, std::string configPath)
       registry_(*phases_),
       acceptor_(mainIo_),
       signals_(mainIo_, SIGTERM, SIGINT, SIGHUP) {
+  brokenAtStart_ =
+      registry_.useBrokenMarker(std::filesystem::path(cfg.state.dir) / "mirror-broken");
   mockSecret_.resize(32);
   RAND_bytes(mockSecret_.data(), static_cast<int>(mockSecret_.size()));
   rt_ = buildRuntime(cfg, mockSecret_);
@@ -329,6 +331,13 @@ int ProxyServer::run() {
   auto rt = runtime();
   spdlog::info("pghandoff {} listening on {} (source {}), {} worker threads", PGHANDOFF_VERSION,
                config::toString(rt->cfg.listen), config::describe(rt->source), workerIo_.size());
+  if (brokenAtStart_) {
+    spdlog::warn(
+        "the mirror was broken by an earlier run (mirror.on_target_error: degrade): writes go "
+        "to the authoritative side alone and no phase reads from the target; seed the target "
+        "again, then remove {}",
+        (std::filesystem::path(rt->cfg.state.dir) / "mirror-broken").string());
+  }
   if (rt->cfg.mirror.mode == config::MirrorMode::kAsync) {
     spdlog::warn("not built yet: mirror.mode async; mirroring runs in sync mode");
   }

@@ -77,6 +77,7 @@ class ProxyServer {
   asio::signal_set signals_;
   std::chrono::steady_clock::time_point shutdownDeadline_{};
   std::atomic<bool> accepting_{false};
+  bool brokenAtStart_ = false;  // the mirror-broken marker was there at start
   bool shuttingDown_ = false;
   std::uint64_t nextSessionId_ = 1;
 };

@@ -8,6 +8,7 @@
 
 #include <atomic>
 #include <chrono>
+#include <filesystem>
 #include <iostream>
 #include <memory>
 #include <mutex>
@@ -388,7 +389,18 @@ TEST_F(Mirror, TargetDownUnderDegradeGoesOnWithTheSourceAlone) {
   auto refused = proxy_->http("POST", "/phase", R"({"phase":"mirror-read-target"})");
   EXPECT_EQ(refused.status, 409) << refused.body;
   EXPECT_NE(refused.body.find("the mirror is broken"), std::string::npos) << refused.body;
+  // A restart does not forget it (a marker under state.dir) ...
+  proxy_->restart();
+  EXPECT_EQ(proxy_->http("POST", "/phase", R"({"phase":"mirror-read-target"})").status, 409);
+  EXPECT_NE(proxy_->log().find("the mirror was broken by an earlier run"), std::string::npos);
   flip("source-only");  // back is fine
+  // ... until the operator, having seeded the target again, removes it.
+  std::filesystem::remove(proxy_->stateDir() + "/mirror-broken");
+  source_->psql("TRUNCATE items");
+  target_->psql("TRUNCATE items");
+  proxy_->restart();
+  flip("mirror");
+  flip("mirror-read-target");
 }
 
 TEST_F(Mirror, FlipCancelEndsATransactionLeftOpenInMirror) {
