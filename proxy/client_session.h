@@ -225,6 +225,10 @@ class ClientSession : public std::enable_shared_from_this<ClientSession> {
   awaitable<bool> perServerTrigger(int a, const Unit& u, const protocol::DeterminismAnalysis* query,
                                    std::string& which);
   int catalogDepth_ = 0;  // tableColumns inside tableColumns (a trigger's target tables)
+  // The first error a catalog read met during the current request (runUnit),
+  // and what such a read returned (not cached).
+  std::optional<protocol::ErrorFields> catalogError_;
+  DefaultsEntry uncached_;
   std::unordered_map<std::string, DefaultsEntry> defaults_;
   // The table's columns as the authoritative side's catalog has them (the
   // name resolved by this session's search_path), cached a few seconds.

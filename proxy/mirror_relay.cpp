@@ -538,6 +538,7 @@ awaitable<bool> ClientSession::runUnit(const Unit& u) {
       queryAnalysis ? queryAnalysis->determinism : kNotAnalysed.determinism;
   const protocol::DeterminismAnalysis* queryDet = u.isQuery ? &det : nullptr;
 
+  catalogError_.reset();
   if (u.info.copyFrom && u.isQuery && !registry_.mirrorBroken()) {
     // COPY fills the defaults of the columns it does not list.
     bool fills = false;
@@ -547,6 +548,7 @@ awaitable<bool> ClientSession::runUnit(const Unit& u) {
       co_await lockstepLost(a);
       co_return false;
     }
+    if (catalogError_) co_return co_await refuseUnit(u, a, *catalogError_);
     if (fills && rt_->cfg.mirror.nondeterministic == config::Nondeterministic::kReject) {
       metrics().nondeterministicRejectedTotal().inc();
       const protocol::ErrorFields refusal{
@@ -614,6 +616,20 @@ awaitable<bool> ClientSession::runUnit(const Unit& u) {
         mirrorFailed(m, MirrorErrorReason::kError, "Parse failed: " + so.error->code);
       }
     }
+    co_return co_await answer(u.ready, o.txStatus);
+  }
+
+  // In a failed transaction everything but transaction control is answered
+  // 25P02 by the authoritative side itself: nothing to mirror, nothing to pin.
+  if (clientTx == 'E' && !u.txControl) {
+    if (u.count > 0) metrics().queriesTotal(sideLabel(a), kind).inc(u.count);
+    Outcome o;
+    bool answered = co_await exchange(a, u.bytes, Sink::kStream, o, expect);
+    if (!answered) {
+      co_await lockstepLost(a);
+      co_return false;
+    }
+    if (o.error && !u.ready) extSkip_ = true;
     co_return co_await answer(u.ready, o.txStatus);
   }
 
@@ -696,6 +712,9 @@ awaitable<bool> ClientSession::runUnit(const Unit& u) {
       co_await lockstepLost(a);
       co_return false;
     }
+    // The catalog could not be read (an aborted transaction, a cancel): the
+    // request gets that error, as it would have.
+    if (catalogError_) co_return co_await refuseUnit(u, a, *catalogError_);
     if (!trigger.empty()) {
       bool refused = false;
       if (!co_await nondeterministicPolicy(u, a, trigger, refused)) co_return false;
@@ -1241,6 +1260,14 @@ awaitable<bool> ClientSession::tableColumns(int a, const std::string& schema,
     Outcome o;
     bool answered = co_await exchange(a, msg, Sink::kCollect, o, 0);
     if (!answered) co_return false;
+    if (o.error) {
+      // In an aborted transaction, or cancelled: the request gets this error
+      // (runUnit), nothing is cached.
+      if (!catalogError_) catalogError_ = *o.error;
+      uncached_ = DefaultsEntry{now, {}, {}};
+      out = &uncached_.columns;
+      co_return true;
+    }
     DefaultsEntry entry{now, {}, {}};
     for (const auto& row : o.rows) {
       if (row.size() < 5 || !row[0] || !row[1]) continue;
@@ -1274,6 +1301,12 @@ awaitable<bool> ClientSession::tableColumns(int a, const std::string& schema,
       Outcome to;
       answered = co_await exchange(a, msg, Sink::kCollect, to, 0);
       if (!answered) co_return false;
+      if (to.error) {
+        if (!catalogError_) catalogError_ = *to.error;
+        uncached_ = std::move(entry);
+        out = &uncached_.columns;
+        co_return true;
+      }
       for (const auto& row : to.rows) {
         if (row.size() < 5 || !row[0] || !row[1] || !row[2] || !row[3]) continue;
         TableTrigger t;

@@ -825,6 +825,31 @@ TEST_F(Mirror, InsertsGetTheSameGeneratedValuesOnBothServers) {
   EXPECT_EQ(source_->psql("SELECT count(DISTINCT u) FROM serials"), "56");
 }
 
+// The catalog read that pinning needs fails in an aborted transaction: the
+// statement gets PostgreSQL's own 25P02, and nothing wrong is cached (the
+// next transaction's INSERT is pinned as usual).
+TEST_F(Mirror, AnInsertInAnAbortedTransactionGets25P02AndPoisonsNothing) {
+  for (PgCluster* cl : {source_.get(), target_.get()}) {
+    cl->psql("DROP TABLE IF EXISTS serials; CREATE TABLE serials (id serial PRIMARY KEY, v text)");
+  }
+  startProxy();
+  PqConn c(proxy_->url());
+  ASSERT_TRUE(c.ok()) << c.error();
+  flip("mirror");
+  // Pinned: the source's sequence moves, the target's does not (so an INSERT
+  // that went through unpinned would get another id there).
+  EXPECT_EQ(c.execOrThrow("INSERT INTO serials (v) VALUES ('first') RETURNING id").value(), "1");
+  c.execOrThrow("BEGIN");
+  EXPECT_EQ(c.exec("SELECT 1/0").sqlstate, "22012");
+  EXPECT_EQ(c.exec("INSERT INTO serials (v) VALUES ('in an aborted transaction')").sqlstate,
+            "25P02");
+  EXPECT_EQ(c.execOrThrow("COMMIT").commandTag, "ROLLBACK");
+  EXPECT_EQ(c.execOrThrow("INSERT INTO serials (v) VALUES ('a') RETURNING id").value(), "2");
+  EXPECT_EQ(c.execOrThrow("INSERT INTO serials (v) VALUES ('b') RETURNING id").value(), "3");
+  expectSame("SELECT string_agg(id || v, ',' ORDER BY id) FROM serials");
+  EXPECT_EQ(metric("pghandoff_divergences_total"), 0.0);
+}
+
 // Sequences (F25): while both servers are written only the authoritative
 // side's advance (INSERTs take their values there; a SELECT of nextval()
 // alone runs there); the flip that moves authority sets the new
