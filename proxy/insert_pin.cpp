@@ -203,13 +203,23 @@ std::optional<InsertPlan> planInsert(std::string_view sql, const InsertShape& sh
     }
     givenCols.push_back(c);
   }
+  // A column whose per-server default the catalog read could not show (an
+  // updatable view's: the base table's) cannot be computed ahead.
+  auto unknownDefault = [&](const TableColumn& c) {
+    if (!c.volatileDefault || !c.defaultExpr.empty()) return false;
+    why = "it inserts through a view and leaves " + c.name +
+          " to a default of the table below, which pghandoff does not read; give every column";
+    return true;
+  };
   // Defaulted columns the statement leaves to their default.
   std::vector<const TableColumn*> added;
   for (const auto& c : table) {
     if (!c.volatileDefault || c.generated) continue;
     const bool named = std::find(given.begin(), given.end(), c.name) != given.end();
     // A positional query source covers columns the prestep's width tells.
-    if (!named) added.push_back(&c);
+    if (named) continue;
+    if (unknownDefault(c)) return std::nullopt;
+    added.push_back(&c);
   }
 
   // Calls outside the source: transaction time in WITH / ON CONFLICT is
@@ -253,6 +263,7 @@ std::optional<InsertPlan> planInsert(std::string_view sql, const InsertShape& sh
         const auto& item = row[i];
         if (item.isDefault) {
           const TableColumn& c = *givenCols[i];
+          if (unknownDefault(c)) return std::nullopt;
           if (c.volatileDefault && !c.generated) {
             plan.edits.push_back({item.begin, item.end, {{"", defaultSlot(c), ""}}});
           }

@@ -1251,7 +1251,8 @@ awaitable<bool> ClientSession::tableColumns(int a, const std::string& schema,
         "a.attgenerated <> '', CASE WHEN a.attidentity <> '' THEN 'pg_catalog.nextval(' || "
         "pg_catalog.quote_literal(pg_catalog.pg_get_serial_sequence(a.attrelid::pg_catalog."
         "regclass::pg_catalog.text, a.attname)) || '::pg_catalog.regclass)' ELSE "
-        "pg_catalog.pg_get_expr(d.adbin, d.adrelid) END FROM pg_catalog.pg_attribute a LEFT JOIN "
+        "pg_catalog.pg_get_expr(d.adbin, d.adrelid) END, (SELECT c.relkind FROM "
+        "pg_catalog.pg_class c WHERE c.oid = a.attrelid) FROM pg_catalog.pg_attribute a LEFT JOIN "
         "pg_catalog.pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum WHERE "
         "a.attrelid = pg_catalog.to_regclass(" +
         literal + ") AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum";
@@ -1278,6 +1279,11 @@ awaitable<bool> ClientSession::tableColumns(int a, const std::string& schema,
       c.generated = row[3] && *row[3] == "t";
       c.defaultExpr = row[4] ? *row[4] : std::string();
       c.volatileDefault = c.identity != 0;
+      // A view's column without a default of its own takes the base table's,
+      // which this read does not see: per server for all the proxy knows.
+      if (row.size() > 5 && row[5] && *row[5] == "v" && c.defaultExpr.empty()) {
+        c.volatileDefault = true;
+      }
       if (!c.volatileDefault && !c.generated && !c.defaultExpr.empty()) {
         protocol::Classification cl;
         registry_.classifier().get("SELECT " + c.defaultExpr, cl);

@@ -227,6 +227,21 @@ TEST(PlanInsert, PositionalQueryTypedLiterals) {
   EXPECT_EQ(texts->authoritative, "INSERT INTO t (\"id\") VALUES (E'5'::pg_catalog.int4)");
 }
 
+TEST(PlanInsert, AViewsColumnsWithoutDefaultsOfTheirOwnMustBeGiven) {
+  // A view over a serial table: the catalog read shows no default for id.
+  std::vector<TableColumn> view = {{"id", "integer", 0, false, "", true},
+                                   {"v", "text", 0, false, "", false}};
+  auto p = plan("INSERT INTO items_view (v) VALUES ('a')", view);
+  EXPECT_FALSE(p.plan);
+  EXPECT_FALSE(p.none);
+  EXPECT_NE(p.why.find("through a view"), std::string::npos) << p.why;
+  p = plan("INSERT INTO items_view VALUES (DEFAULT, 'a')", view);
+  EXPECT_FALSE(p.plan);
+  EXPECT_NE(p.why.find("through a view"), std::string::npos) << p.why;
+  p = plan("INSERT INTO items_view (id, v) VALUES (1, 'a')", view);
+  EXPECT_TRUE(p.none);  // every column given: nothing per server
+}
+
 TEST(SqlLiteral, Escapes) {
   EXPECT_EQ(sqlLiteral(std::string("a'b\\c")), "E'a''b\\\\c'");
   EXPECT_EQ(sqlLiteral(std::nullopt), "NULL");
