@@ -1102,7 +1102,7 @@ TriggerFunctionAnalysis analyzeTriggerFunction(std::string_view createFunction) 
 std::shared_ptr<const StatementAnalysis> AnalysisCache::get(std::string_view sql) {
   if (sql.size() <= kMaxCachedSqlBytes) {
     std::lock_guard lock(mu_);
-    auto it = map_.find(std::string(sql));
+    auto it = map_.find(sql);
     if (it != map_.end()) return it->second;
   }
   auto a = std::make_shared<StatementAnalysis>();

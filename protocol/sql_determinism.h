@@ -44,6 +44,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -213,8 +214,16 @@ class AnalysisCache {
   [[nodiscard]] std::shared_ptr<const StatementAnalysis> get(std::string_view sql);
 
  private:
+  // Looked up by string_view: a hit allocates nothing.
+  struct Hash {
+    using is_transparent = void;
+    std::size_t operator()(std::string_view s) const noexcept {
+      return std::hash<std::string_view>{}(s);
+    }
+  };
   std::mutex mu_;
-  std::unordered_map<std::string, std::shared_ptr<const StatementAnalysis>> map_;
+  std::unordered_map<std::string, std::shared_ptr<const StatementAnalysis>, Hash, std::equal_to<>>
+      map_;
   std::size_t capacity_;
 };
 
