@@ -224,17 +224,17 @@ class ClientSession : public std::enable_shared_from_this<ClientSession> {
       const Unit& u, const protocol::DeterminismAnalysis* query);
   awaitable<bool> perServerTrigger(int a, const Unit& u, const protocol::DeterminismAnalysis* query,
                                    std::string& which);
-  int catalogDepth_ = 0;  // tableColumns inside tableColumns (a trigger's target tables)
+  int catalogDepth_ = 0;  // tableInfo inside tableInfo (a trigger's target tables)
   // The first error a catalog read met during the current request (runUnit),
   // and what such a read returned (not cached).
   std::optional<protocol::ErrorFields> catalogError_;
   DefaultsEntry uncached_;
   std::unordered_map<std::string, DefaultsEntry> defaults_;
-  // The table's columns as the authoritative side's catalog has them (the
-  // name resolved by this session's search_path), cached a few seconds.
-  // False when that side is lost.
-  awaitable<bool> tableColumns(int a, const std::string& schema, const std::string& table,
-                               const std::vector<TableColumn>*& out);
+  // The table's columns and triggers as the authoritative side's catalog
+  // has them (the name resolved by this session's search_path), cached a few
+  // seconds. False when that side is lost.
+  awaitable<bool> tableInfo(int a, const std::string& schema, const std::string& table,
+                            const DefaultsEntry*& out);
   // mirror.nondeterministic for a request that computes values per server:
   // reject (answered here: `refused` set) or warn (once per fingerprint).
   // False when the session must end.

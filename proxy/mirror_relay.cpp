@@ -575,12 +575,19 @@ awaitable<bool> ClientSession::runUnit(const Unit& u) {
     co_return co_await refuseUnit(u, a, refusal);
   }
 
-  // Reads, and what lives on the authoritative side alone (LISTEN/NOTIFY,
-  // cursors; everything once the mirror is broken under `degrade`).
+  // One side alone: reads; what lives on the authoritative side (LISTEN/NOTIFY,
+  // cursors, sequences, advisory locks; everything once the mirror is broken
+  // under `degrade`); in a failed transaction everything but transaction
+  // control (the authoritative side answers 25P02 itself: nothing to mirror,
+  // nothing to pin); and what ends a transaction whose mirror was lost inside
+  // it (which rolled it back there already).
   const bool read =
       !u.implicitCommit &&
       (!u.executes || (u.info.kind == StatementKind::kRead && !u.info.authoritativeOnly));
-  if (read || u.info.authoritativeOnly || registry_.mirrorBroken()) {
+  const bool endsFailedTx = u.single && (u.info.tx == TxControl::kRollback ||
+                                         (u.info.tx == TxControl::kCommit && clientTx == 'E'));
+  if (read || u.info.authoritativeOnly || registry_.mirrorBroken() ||
+      (clientTx == 'E' && !u.txControl) || (!up_[m].conn && clientTx != 'I' && endsFailedTx)) {
     int side = read && clientTx != 'E' ? r : a;
     if (side != a && !up_[side].conn) {
       std::string why;
@@ -599,9 +606,10 @@ awaitable<bool> ClientSession::runUnit(const Unit& u) {
       co_return false;
     }
     if (o.error && !u.ready) extSkip_ = true;
-    // The other side gets the same named statements.
+    // The other side gets the same named statements (none are made in a
+    // failed transaction).
     const int other = side == a ? m : a;
-    if (!u.sessionPart.empty() && up_[other].conn && !registry_.mirrorBroken()) {
+    if (!u.sessionPart.empty() && up_[other].conn && !registry_.mirrorBroken() && clientTx != 'E') {
       Outcome so;
       bool done = co_await exchange(other, u.sessionPart, Sink::kDiscard, so,
                                     u.ready ? 0 : u.sessionExpected);
@@ -619,36 +627,8 @@ awaitable<bool> ClientSession::runUnit(const Unit& u) {
     co_return co_await answer(u.ready, o.txStatus);
   }
 
-  // In a failed transaction everything but transaction control is answered
-  // 25P02 by the authoritative side itself: nothing to mirror, nothing to pin.
-  if (clientTx == 'E' && !u.txControl) {
-    if (u.count > 0) metrics().queriesTotal(sideLabel(a), kind).inc(u.count);
-    Outcome o;
-    bool answered = co_await exchange(a, u.bytes, Sink::kStream, o, expect);
-    if (!answered) {
-      co_await lockstepLost(a);
-      co_return false;
-    }
-    if (o.error && !u.ready) extSkip_ = true;
-    co_return co_await answer(u.ready, o.txStatus);
-  }
-
   // Both sides. The mirror must be there; it is opened at a boundary only
   // (mid-transaction a new server session would not be in the transaction).
-  // A mirror lost inside the transaction rolled it back already: what ends
-  // the transaction goes to the authoritative side alone.
-  const bool endsFailedTx = u.single && (u.info.tx == TxControl::kRollback ||
-                                         (u.info.tx == TxControl::kCommit && clientTx == 'E'));
-  if (!up_[m].conn && clientTx != 'I' && endsFailedTx) {
-    metrics().queriesTotal(sideLabel(a), kind).inc();
-    Outcome o;
-    bool answered = co_await exchange(a, u.bytes, Sink::kStream, o, expect);
-    if (!answered) {
-      co_await lockstepLost(a);
-      co_return false;
-    }
-    co_return co_await answer(u.ready, o.txStatus);
-  }
   if (!up_[m].conn) {
     std::string why = "not connected inside the transaction";
     bool opened = clientTx == 'I';
@@ -741,14 +721,14 @@ awaitable<bool> ClientSession::runUnit(const Unit& u) {
     const protocol::DeterminismAnalysis* d = analysis ? &analysis->determinism : nullptr;
     const protocol::InsertShape& shape = analysis ? analysis->insert : kNotAnalysed.insert;
     if (shape.ok) {
-      const std::vector<TableColumn>* columns = nullptr;
-      if (!co_await tableColumns(a, shape.schema, shape.table, columns)) {
+      const DefaultsEntry* info = nullptr;
+      if (!co_await tableInfo(a, shape.schema, shape.table, info)) {
         co_await lockstepLost(a);
         co_return false;
       }
       std::string why;
       bool none = false;
-      auto plan = planInsert(text, shape, *d, *columns, why, none);
+      auto plan = planInsert(text, shape, *d, info->columns, why, none);
       if (plan && !u.isQuery && plan->prestepUsesParams) {
         plan.reset();
         why =
@@ -1233,9 +1213,8 @@ std::vector<const protocol::WriteTarget*> ClientSession::writesOf(
   return writes;
 }
 
-awaitable<bool> ClientSession::tableColumns(int a, const std::string& schema,
-                                            const std::string& table,
-                                            const std::vector<TableColumn>*& out) {
+awaitable<bool> ClientSession::tableInfo(int a, const std::string& schema, const std::string& table,
+                                         const DefaultsEntry*& out) {
   const std::string name =
       schema.empty() ? sqlIdentifier(table) : sqlIdentifier(schema) + "." + sqlIdentifier(table);
   const auto now = std::chrono::steady_clock::now();
@@ -1266,7 +1245,7 @@ awaitable<bool> ClientSession::tableColumns(int a, const std::string& schema,
       // (runUnit), nothing is cached.
       if (!catalogError_) catalogError_ = *o.error;
       uncached_ = DefaultsEntry{now, {}, {}};
-      out = &uncached_.columns;
+      out = &uncached_;
       co_return true;
     }
     DefaultsEntry entry{now, {}, {}};
@@ -1310,7 +1289,7 @@ awaitable<bool> ClientSession::tableColumns(int a, const std::string& schema,
       if (to.error) {
         if (!catalogError_) catalogError_ = *to.error;
         uncached_ = std::move(entry);
-        out = &uncached_.columns;
+        out = &uncached_;
         co_return true;
       }
       for (const auto& row : to.rows) {
@@ -1331,14 +1310,14 @@ awaitable<bool> ClientSession::tableColumns(int a, const std::string& schema,
             // What it inserts gets its column defaults filled on each server.
             ++catalogDepth_;
             for (const auto& w : judged.writes) {
-              const std::vector<TableColumn>* cols = nullptr;
-              bool alive = co_await tableColumns(a, w.schema, w.table, cols);
+              const DefaultsEntry* inserted = nullptr;
+              bool alive = co_await tableInfo(a, w.schema, w.table, inserted);
               if (!alive) {
                 --catalogDepth_;
                 co_return false;
               }
               std::string which;
-              if (fillsDefault(w, *cols, which)) {
+              if (fillsDefault(w, inserted->columns, which)) {
                 t.perServer = "it fills the column default of " + which;
                 break;
               }
@@ -1354,7 +1333,7 @@ awaitable<bool> ClientSession::tableColumns(int a, const std::string& schema,
     if (defaults_.size() > 1000) defaults_.clear();
     it = defaults_.insert_or_assign(name, std::move(entry)).first;
   }
-  out = &it->second.columns;
+  out = &it->second;
   co_return true;
 }
 
@@ -1364,14 +1343,9 @@ awaitable<bool> ClientSession::perServerTrigger(int a, const Unit& u,
   which.clear();
   const std::vector<const protocol::WriteTarget*> writes = writesOf(u, query);
   for (const protocol::WriteTarget* w : writes) {
-    const std::vector<TableColumn>* columns = nullptr;
-    if (!co_await tableColumns(a, w->schema, w->table, columns)) co_return false;
-    const std::string name = w->schema.empty()
-                                 ? sqlIdentifier(w->table)
-                                 : sqlIdentifier(w->schema) + "." + sqlIdentifier(w->table);
-    auto it = defaults_.find(name);
-    if (it == defaults_.end()) continue;
-    for (const auto& t : it->second.triggers) {
+    const DefaultsEntry* info = nullptr;
+    if (!co_await tableInfo(a, w->schema, w->table, info)) co_return false;
+    for (const auto& t : info->triggers) {
       if ((t.events & eventOf(w->op)) == 0 || t.perServer.empty()) continue;
       which = "its trigger " + t.name + " on " +
               (w->schema.empty() ? w->table : w->schema + "." + w->table) +
@@ -1391,9 +1365,9 @@ awaitable<bool> ClientSession::fillsVolatileDefault(int a, const Unit& u,
     const protocol::WriteTarget& w = *wp;
     if (w.op == protocol::WriteTarget::Op::kDelete) continue;
     if (w.op == protocol::WriteTarget::Op::kUpdate && !w.explicitDefault) continue;
-    const std::vector<TableColumn>* columns = nullptr;
-    if (!co_await tableColumns(a, w.schema, w.table, columns)) co_return false;
-    if (fillsDefault(w, *columns, which)) {
+    const DefaultsEntry* info = nullptr;
+    if (!co_await tableInfo(a, w.schema, w.table, info)) co_return false;
+    if (fillsDefault(w, info->columns, which)) {
       fills = true;
       co_return true;
     }
