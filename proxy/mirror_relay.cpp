@@ -1656,6 +1656,9 @@ awaitable<ClientSession::TwoPhase> ClientSession::commitTwoPhase(
   Outcome mp;
   const bool mPrepared = co_await runOwn(m, prepare, mp);
   if (!mPrepared || !onlyTag(mp.results, "PREPARE TRANSACTION")) {
+    // Lost on the way, the mirror may have prepared it all the same:
+    // undecided, to be rolled back wherever it is.
+    if (!up_[m].conn) registry_.addPending(gid, false);
     why = up_[m].conn ? "PREPARE TRANSACTION answered " + summary(mp.results)
                       : std::string("connection lost");
     if (mp.error) why = mp.error->message + " (SQLSTATE " + mp.error->code + ")";
@@ -1667,7 +1670,10 @@ awaitable<ClientSession::TwoPhase> ClientSession::commitTwoPhase(
   const bool aPrepared = co_await runOwn(a, prepare, ap);
   if (!aPrepared || !onlyTag(ap.results, "PREPARE TRANSACTION")) {
     Outcome rb;
-    if (up_[m].conn) (void)co_await runOwn(m, rollback, rb);
+    bool rolledBack = false;
+    if (up_[m].conn) rolledBack = co_await runOwn(m, rollback, rb);
+    // Either side's outcome unknown (a lost connection): undecided.
+    if (!rolledBack || !up_[a].conn) registry_.addPending(gid, false);
     if (!up_[a].conn) co_return TwoPhase::kLost;
     refusal = ap.error ? *ap.error
                        : protocol::ErrorFields{"ERROR", sqlstate::kSystemError,
@@ -1678,14 +1684,14 @@ awaitable<ClientSession::TwoPhase> ClientSession::commitTwoPhase(
   Outcome mc;
   const bool mCommitted = co_await runOwn(m, commit, mc);
   if (!mCommitted) {
-    registry_.addPendingCommit(gid);
+    registry_.addPending(gid, true);
     mirrorFailed(m, MirrorErrorReason::kCommitFailed,
                  "COMMIT PREPARED did not complete; it is retried");
   }
   Outcome ac;
   const bool aCommitted = co_await runOwn(a, commit, ac);
   if (!aCommitted) {
-    registry_.addPendingCommit(gid);
+    registry_.addPending(gid, true);
     if (!up_[a].conn) co_return TwoPhase::kLost;
   }
   co_return TwoPhase::kCommitted;

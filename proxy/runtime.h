@@ -91,15 +91,21 @@ class Registry {
   }
   void setTwoPhaseUsable(bool v) { twoPhaseUsable_.store(v, std::memory_order_release); }
 
-  // Two-phase commit: transactions decided (prepared on both sides) whose
-  // COMMIT PREPARED did not reach a side; the server finishes them.
-  void addPendingCommit(std::string gid) {
+  // Two-phase commit: prepared transactions a session could not finish on
+  // some side (its connection was lost): decided ones (`commit`, prepared on
+  // both) and undecided ones (an outcome unknown before both prepared: rolled
+  // back). The server finishes them wherever they are still prepared.
+  struct PendingPrepared {
+    std::string gid;
+    bool commit;
+  };
+  void addPending(std::string gid, bool commit) {
     std::lock_guard lock(mu_);
-    pendingCommits_.push_back(std::move(gid));
+    pending_.push_back({std::move(gid), commit});
   }
-  [[nodiscard]] std::vector<std::string> takePendingCommits() {
+  [[nodiscard]] std::vector<PendingPrepared> takePending() {
     std::lock_guard lock(mu_);
-    return std::exchange(pendingCommits_, {});
+    return std::exchange(pending_, {});
   }
 
   // Statement classification shared by every session (cached by text).
@@ -141,8 +147,8 @@ class Registry {
   std::mutex mu_;
   std::unordered_map<const ClientSession*, std::weak_ptr<ClientSession>> sessions_;
   std::unordered_map<std::uint64_t, std::weak_ptr<ClientSession>> byKey_;
-  std::unordered_set<std::string> warned_;   // under mu_
-  std::vector<std::string> pendingCommits_;  // under mu_
+  std::unordered_set<std::string> warned_;  // under mu_
+  std::vector<PendingPrepared> pending_;    // under mu_
 };
 
 }  // namespace pghandoff::proxy

@@ -205,9 +205,9 @@ awaitable<void> ProxyServer::twoPhaseRecovery(bool startDone) {
 }
 
 awaitable<bool> ProxyServer::resolvePrepared(bool all) {
-  std::vector<std::string> pending;
+  std::vector<Registry::PendingPrepared> pending;
   if (!all) {
-    pending = registry_.takePendingCommits();
+    pending = registry_.takePending();
     if (pending.empty()) co_return true;
   }
   auto rt = runtime();
@@ -224,7 +224,7 @@ awaitable<bool> ProxyServer::resolvePrepared(bool all) {
   if (!l1.ok || !l2.ok) {
     spdlog::warn("two-phase commit recovery: cannot reach the servers ({}); retrying",
                  !l1.ok ? l1.error.message : l2.error.message);
-    for (auto& g : pending) registry_.addPendingCommit(std::move(g));
+    for (auto& p : pending) registry_.addPending(std::move(p.gid), p.commit);
     auth.stream().close();
     mirror.stream().close();
     co_return false;
@@ -261,25 +261,25 @@ awaitable<bool> ProxyServer::resolvePrepared(bool all) {
     }
     return false;
   };
-  std::vector<std::string> gids = pending;
+  // At start, every pghandoff gid an earlier process left: prepared on the
+  // authoritative side (it prepares second) means decided, commit; on the
+  // mirror alone, undecided, roll back. This process's own are its live
+  // sessions' (they report what they leave through the pending list).
   if (all) {
     for (const QueryRows* q : {&onAuth, &onMirror}) {
       for (const auto& r : q->rows) {
-        if (!r.empty() && r[0] && std::find(gids.begin(), gids.end(), *r[0]) == gids.end()) {
-          gids.push_back(*r[0]);
+        if (r.empty() || !r[0] || r[0]->rfind(twoPhaseGidPrefix(), 0) == 0) continue;
+        const std::string& gid = *r[0];
+        if (std::none_of(pending.begin(), pending.end(),
+                         [&](const Registry::PendingPrepared& p) { return p.gid == gid; })) {
+          pending.push_back({gid, has(onAuth, gid)});
         }
       }
     }
   }
-  for (const auto& gid : gids) {
+  for (const auto& [gid, commit] : pending) {
     if (!ok) break;
-    // This process's own are its live sessions' (or pending, listed above).
-    if (all && gid.rfind(twoPhaseGidPrefix(), 0) == 0) continue;
     const bool inAuth = has(onAuth, gid), inMirror = has(onMirror, gid);
-    // Prepared on the authoritative side (it prepares second) or already
-    // committed somewhere (a pending one): decided, commit. On the mirror
-    // alone, found at start: undecided, roll back.
-    const bool commit = inAuth || !all;
     const std::string verb = commit ? "COMMIT PREPARED '" : "ROLLBACK PREPARED '";
     const std::string sql = verb + gid + "'";
     if (inMirror) {
@@ -299,7 +299,9 @@ awaitable<bool> ProxyServer::resolvePrepared(bool all) {
                                                                     : onMirror.error
                                                                         ? *onMirror.error
                                                                         : "a statement failed");
-    for (auto& g : pending) registry_.addPendingCommit(std::move(g));
+    if (!all) {
+      for (auto& p : pending) registry_.addPending(std::move(p.gid), p.commit);
+    }
   }
   auth.stream().close();
   mirror.stream().close();

@@ -46,8 +46,8 @@ class ProxyServer {
   // mirror.two_phase_commit: finishes the proxy's prepared transactions —
   // once at start every one left by an earlier process (decided by the
   // authoritative side: prepared there means decided, commit on both;
-  // prepared on the mirror alone means undecided, roll back), then the
-  // COMMIT PREPAREDs sessions could not deliver. Every 2 s, until shutdown
+  // prepared on the mirror alone means undecided, roll back), then what
+  // sessions could not finish (Registry::takePending). Every 2 s, until shutdown
   // (`startDone`: the start pass succeeded already).
   awaitable<void> twoPhaseRecovery(bool startDone);
   // The start pass (when two-phase commit is on), then the accept loop.

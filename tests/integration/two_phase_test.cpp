@@ -192,6 +192,33 @@ TEST_F(TwoPhase, ProxyKilledBetweenTheCommitsLeavesBothCommitted) {
   EXPECT_NE(proxy_->log().find("two-phase commit recovery: committed"), std::string::npos);
 }
 
+// The link to the target breaks right after the target prepared, before the
+// proxy read its answer: the outcome there is unknown, so the transaction is
+// not committed anywhere (58000, the source rolled back) and the proxy rolls
+// back what the target prepared, on a new connection, instead of leaving it
+// holding its locks.
+TEST_F(TwoPhase, APrepareWhoseAnswerWasLostIsRolledBackOnTheTarget) {
+  FaultProxy link("127.0.0.1", target_->port());
+  startProxy(true, link.port());
+  PqConn c(proxy_->url());
+  ASSERT_TRUE(c.ok()) << c.error();
+  c.execOrThrow("BEGIN");
+  c.execOrThrow("INSERT INTO t VALUES (1, 'undecided')");
+  // The target's next CommandComplete answers PREPARE TRANSACTION; the
+  // connection is reset before its ReadyForQuery.
+  link.cutAfterMessage('C', Direction::kServerToClient);
+  auto r = c.exec("COMMIT");
+  EXPECT_EQ(r.sqlstate, "58000") << r.error;
+  EXPECT_EQ(source_->psql("SELECT count(*) FROM t"), "0");
+  const auto deadline = std::chrono::steady_clock::now() + 15s;
+  while (prepared(*target_) != "0" && std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(100ms);
+  }
+  EXPECT_EQ(prepared(*target_), "0");
+  EXPECT_EQ(target_->psql("SELECT count(*) FROM t"), "0");
+  EXPECT_NE(proxy_->log().find("two-phase commit recovery: rolled back"), std::string::npos);
+}
+
 // Prepared on the target only (the proxy died before the source prepared):
 // undecided, rolled back at restart.
 TEST_F(TwoPhase, AnUndecidedTransactionIsRolledBackAtRestart) {
