@@ -859,6 +859,31 @@ TEST_F(Mirror, AnInsertInAnAbortedTransactionGets25P02AndPoisonsNothing) {
   EXPECT_EQ(metric("pghandoff_divergences_total"), 0.0);
 }
 
+// An INSERT ... SELECT too large to fetch and pin is refused: nothing is
+// inserted on either server (the source's sequence keeps the values the
+// prestep drew, as after any failed INSERT: sequences are not transactional).
+TEST_F(Mirror, AnInsertTooLargeToPinIsRefusedAndRunsNowhere) {
+  for (PgCluster* cl : {source_.get(), target_.get()}) {
+    cl->psql("DROP TABLE IF EXISTS serials; CREATE TABLE serials (id serial PRIMARY KEY, n int)");
+  }
+  startProxy();
+  PqConn c(proxy_->url());
+  ASSERT_TRUE(c.ok()) << c.error();
+  flip("mirror");
+  auto r = c.exec("INSERT INTO serials (n) SELECT g FROM generate_series(1, 10001) g");
+  EXPECT_EQ(r.sqlstate, "0A000");
+  EXPECT_NE(r.error.find("more rows than pghandoff pins at once"), std::string::npos) << r.error;
+  EXPECT_EQ(metric("pghandoff_nondeterministic_rejected_total"), 1.0);
+  for (PgCluster* cl : {source_.get(), target_.get()}) {
+    EXPECT_EQ(cl->psql("SELECT count(*) FROM serials"), "0");
+  }
+  // Within the bound it is pinned.
+  EXPECT_EQ(
+      c.execOrThrow("INSERT INTO serials (n) SELECT g FROM generate_series(1, 10000) g").commandTag,
+      "INSERT 0 10000");
+  expectSame("SELECT count(*) || ' ' || sum(id) || ' ' || max(id) FROM serials");
+}
+
 // Sequences (F25): while both servers are written only the authoritative
 // side's advance (INSERTs take their values there; a SELECT of nextval()
 // alone runs there); the flip that moves authority sets the new
@@ -902,6 +927,16 @@ TEST_F(Mirror, SequencesFollowAuthorityAtTheFlips) {
             true);
   EXPECT_EQ(c.execOrThrow("INSERT INTO seqt (v) VALUES ('s') RETURNING id").value(), "8");
   source_->psql("DROP SEQUENCE only_source");
+  // The target unreachable: the sequences cannot be carried over, the flip
+  // is refused before new transactions are held, the phase stays.
+  target_->stop();
+  auto down = proxy_->http("POST", "/phase", R"({"phase":"reverse-mirror"})");
+  EXPECT_EQ(down.status, 503) << down.body;
+  EXPECT_NE(down.body.find("cannot reach the servers to carry the sequences over"),
+            std::string::npos)
+      << down.body;
+  EXPECT_NE(proxy_->http("GET", "/phase").body.find("mirror-read-target"), std::string::npos);
+  target_->start();
   flip("reverse-mirror");
   EXPECT_EQ(target_->psql(positions), "8/true 4/true");
   expectSame("SELECT string_agg(id || v, ',' ORDER BY id) FROM seqt");
