@@ -198,10 +198,7 @@ TEST_F(Determinism, MigrationUnderFireWithPgbenchPsycopg2AndNodePostgres) {
   using namespace std::chrono_literals;
   const std::string bin = pgBinDir();
   for (PgCluster* c : {source_.get(), target_.get()}) {
-    auto init = run({bin + "/pgbench", "-i", "-q", "-s", "1", "-h", "127.0.0.1", "-p",
-                     std::to_string(c->port()), "-U", "postgres", "postgres"},
-                    {{"PGPASSWORD", c->superPassword()}}, 120s);
-    ASSERT_EQ(init.exitCode, 0) << init.err;
+    c->pgbenchInit();
     c->psql(
         "CREATE TABLE ledger (id bigserial PRIMARY KEY, client text, k int, amount numeric, note "
         "text, created_at timestamptz DEFAULT now(), u uuid DEFAULT gen_random_uuid())");

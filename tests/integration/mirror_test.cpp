@@ -64,10 +64,7 @@ class Mirror : public ::testing::Test {
   void startProxy(const std::string& extraYaml = "", std::uint16_t targetPort = 0) {
     ProxyOptions o;
     o.sourceUrl = source_->url();
-    o.targetUrl = targetPort == 0 ? target_->url()
-                                  : "postgresql://postgres:" + target_->superPassword() +
-                                        "@127.0.0.1:" + std::to_string(targetPort) +
-                                        "/postgres?sslmode=disable";
+    o.targetUrl = targetPort == 0 ? target_->url() : target_->urlVia(targetPort);
     o.extraYaml = extraYaml;
     proxy_ = std::make_unique<ProxyProcess>(o);
   }
@@ -432,12 +429,7 @@ TEST_F(Mirror, FlipCancelEndsATransactionLeftOpenInMirror) {
 // CURRENT_TIMESTAMP is pinned in step 4).
 void Mirror::underFire(const std::string& mode) {
   const std::string bin = pgBinDir();
-  for (PgCluster* c : {source_.get(), target_.get()}) {
-    auto init = run({bin + "/pgbench", "-i", "-q", "-s", "1", "-h", "127.0.0.1", "-p",
-                     std::to_string(c->port()), "-U", "postgres", "postgres"},
-                    {{"PGPASSWORD", c->superPassword()}}, 120s);
-    ASSERT_EQ(init.exitCode, 0) << init.err;
-  }
+  for (PgCluster* c : {source_.get(), target_.get()}) c->pgbenchInit();
   // pgbench's history insert calls CURRENT_TIMESTAMP: pinned to the source's
   // value (the default policy then has nothing to refuse).
   startProxy();

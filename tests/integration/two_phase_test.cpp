@@ -49,10 +49,7 @@ class TwoPhase : public ::testing::Test {
   void startProxy(bool twoPhase, std::uint16_t targetPort = 0) {
     ProxyOptions o;
     o.sourceUrl = source_->url();
-    o.targetUrl = targetPort == 0 ? target_->url()
-                                  : "postgresql://postgres:" + target_->superPassword() +
-                                        "@127.0.0.1:" + std::to_string(targetPort) +
-                                        "/postgres?sslmode=disable";
+    o.targetUrl = targetPort == 0 ? target_->url() : target_->urlVia(targetPort);
     o.extraYaml = twoPhase ? "mirror: { two_phase_commit: true }" : "";
     proxy_ = std::make_unique<ProxyProcess>(o);
     auto r = proxy_->http("POST", "/phase", R"({"phase":"mirror"})");

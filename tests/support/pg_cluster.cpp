@@ -534,6 +534,19 @@ std::string PgCluster::url(const std::string& db, const std::string& user,
   return u;
 }
 
+std::string PgCluster::urlVia(std::uint16_t port) const {
+  return "postgresql://postgres:" + urlEncode(superPassword_) +
+         "@127.0.0.1:" + std::to_string(port) + "/postgres?sslmode=disable";
+}
+
+void PgCluster::pgbenchInit(int scale) const {
+  const ProcessResult init =
+      run({pgBinDir() + "/pgbench", "-i", "-q", "-s", std::to_string(scale), "-h", "127.0.0.1",
+           "-p", std::to_string(port_), "-U", "postgres", "postgres"},
+          {{"PGPASSWORD", superPassword_}}, std::chrono::seconds(120));
+  if (init.exitCode != 0) throw std::runtime_error("pgbench -i failed: " + init.err);
+}
+
 std::string PgCluster::conninfo(const std::string& db, const std::string& user,
                                 const std::optional<std::string>& password,
                                 const std::string& extra) const {

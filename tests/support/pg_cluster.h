@@ -42,6 +42,11 @@ class PgCluster {
                                 const std::string& user = "postgres",
                                 const std::optional<std::string>& password = std::nullopt,
                                 const std::string& extra = "sslmode=disable") const;
+  // url() as the superuser, but through another local port (a fault proxy in
+  // front of this server).
+  [[nodiscard]] std::string urlVia(std::uint16_t port) const;
+  // pgbench -i -q -s `scale` straight to this server; throws on failure.
+  void pgbenchInit(int scale = 1) const;
   // The same as a key=value conninfo string.
   [[nodiscard]] std::string conninfo(const std::string& db = "postgres",
                                      const std::string& user = "postgres",
