@@ -136,26 +136,16 @@ awaitable<AdminReply> ProxyServer::setPhase(std::string name,
                                      rt->cfg.flip.onTimeout, [this] { cancelInFlight(); });
   }
   const bool toTarget = targetAuthoritative(to);
-  auto ex = mainIo_.get_executor();
-  auto oldSide = std::make_shared<ServerConnection>(ex, toTarget ? rt->sourceTls : rt->targetTls);
-  auto newSide = std::make_shared<ServerConnection>(ex, toTarget ? rt->targetTls : rt->sourceTls);
-  const config::ConnInfo& oldInfo = toTarget ? rt->source : *rt->target;
-  const config::ConnInfo& newInfo = toTarget ? *rt->target : rt->source;
-  const std::vector<std::pair<std::string, std::string>> params = {
-      {"application_name", "pghandoff sequence sync"}};
-  const std::chrono::milliseconds loginTimeout(10000);
-  LoginResult l1 = co_await oldSide->login(oldInfo, params, loginTimeout);
-  LoginResult l2;
-  if (l1.ok) l2 = co_await newSide->login(newInfo, params, loginTimeout);
-  if (!l1.ok || !l2.ok) {
-    const std::string why = !l1.ok ? l1.error.message : l2.error.message;
+  BothServers sides;  // first: the old authoritative side
+  const std::string app = "pghandoff sequence sync";
+  if (auto why = co_await connectBoth(!toTarget, app, sides)) {
     std::string body =
-        "{\"error\":\"cannot reach the servers to carry the sequences over: " + jsonEscape(why) +
+        "{\"error\":\"cannot reach the servers to carry the sequences over: " + jsonEscape(*why) +
         "\",\"phase\":\"" + std::string(phaseName(from)) + "\"}";
-    oldSide->stream().close();
-    newSide->stream().close();
     co_return AdminReply{503, std::move(body)};
   }
+  auto oldSide = sides.first;
+  auto newSide = sides.second;
   // Named, not temporaries of the co_await expression (GCC 12).
   const std::function<void()> cancel = [this] { cancelInFlight(); };
   const PhaseController::BeforeSwitch sync = [oldSide, newSide, from,
@@ -172,8 +162,7 @@ awaitable<AdminReply> ProxyServer::setPhase(std::string name,
   };
   const std::chrono::milliseconds drainFor = drain.value_or(rt->cfg.flip.drainTimeout);
   auto reply = co_await phases_->flip(to, drainFor, rt->cfg.flip.onTimeout, cancel, sync);
-  oldSide->stream().close();
-  newSide->stream().close();
+  sides.close();
   co_return reply;
 }
 
@@ -210,25 +199,16 @@ awaitable<bool> ProxyServer::resolvePrepared(bool all) {
     pending = registry_.takePending();
     if (pending.empty()) co_return true;
   }
-  auto rt = runtime();
   const bool targetAuth = targetAuthoritative(phases_->current());
-  auto ex = mainIo_.get_executor();
-  ServerConnection auth(ex, targetAuth ? rt->targetTls : rt->sourceTls);
-  ServerConnection mirror(ex, targetAuth ? rt->sourceTls : rt->targetTls);
-  const std::vector<std::pair<std::string, std::string>> params = {
-      {"application_name", "pghandoff two-phase recovery"}};
-  const std::chrono::milliseconds timeout(10000);
-  LoginResult l1 = co_await auth.login(targetAuth ? *rt->target : rt->source, params, timeout);
-  LoginResult l2;
-  if (l1.ok) l2 = co_await mirror.login(targetAuth ? rt->source : *rt->target, params, timeout);
-  if (!l1.ok || !l2.ok) {
-    spdlog::warn("two-phase commit recovery: cannot reach the servers ({}); retrying",
-                 !l1.ok ? l1.error.message : l2.error.message);
+  BothServers sides;  // first: the authoritative side
+  const std::string app = "pghandoff two-phase recovery";
+  if (auto why = co_await connectBoth(targetAuth, app, sides)) {
+    spdlog::warn("two-phase commit recovery: cannot reach the servers ({}); retrying", *why);
     for (auto& p : pending) registry_.addPending(std::move(p.gid), p.commit);
-    auth.stream().close();
-    mirror.stream().close();
     co_return false;
   }
+  ServerConnection& auth = *sides.first;
+  ServerConnection& mirror = *sides.second;
   const std::string list =
       "SELECT gid FROM pg_catalog.pg_prepared_xacts WHERE pg_catalog.starts_with(gid, "
       "'pghandoff_') AND database = pg_catalog.current_database()";
@@ -303,9 +283,28 @@ awaitable<bool> ProxyServer::resolvePrepared(bool all) {
       for (auto& p : pending) registry_.addPending(std::move(p.gid), p.commit);
     }
   }
-  auth.stream().close();
-  mirror.stream().close();
+  sides.close();
   co_return ok;
+}
+
+awaitable<std::optional<std::string>> ProxyServer::connectBoth(bool targetFirst,
+                                                               const std::string& app,
+                                                               BothServers& out) {
+  auto rt = runtime();
+  auto ex = mainIo_.get_executor();
+  out.first = std::make_shared<ServerConnection>(ex, targetFirst ? rt->targetTls : rt->sourceTls);
+  out.second = std::make_shared<ServerConnection>(ex, targetFirst ? rt->sourceTls : rt->targetTls);
+  const std::vector<std::pair<std::string, std::string>> params = {{"application_name", app}};
+  const std::chrono::milliseconds timeout(10000);
+  LoginResult l1 =
+      co_await out.first->login(targetFirst ? *rt->target : rt->source, params, timeout);
+  LoginResult l2;
+  if (l1.ok) {
+    l2 = co_await out.second->login(targetFirst ? rt->source : *rt->target, params, timeout);
+  }
+  if (l1.ok && l2.ok) co_return std::nullopt;
+  out.close();
+  co_return !l1.ok ? l1.error.message : l2.error.message;
 }
 
 awaitable<AdminReply> ProxyServer::pause(std::optional<std::chrono::milliseconds> drain) {

@@ -6,6 +6,7 @@
 #include <atomic>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <thread>
 #include <vector>
@@ -15,6 +16,8 @@
 #include "proxy/asio.h"
 #include "proxy/phase.h"
 #include "proxy/runtime.h"
+#include "proxy/upstream.h"
+#include "proxy/upstream.h"
 
 namespace pghandoff::proxy {
 
@@ -54,6 +57,18 @@ class ProxyServer {
   awaitable<void> startAccepting();
   // One pass; false when a server could not be reached (retried).
   awaitable<bool> resolvePrepared(bool all);
+  // The proxy's own sessions on both servers (configured credentials).
+  struct BothServers {
+    std::shared_ptr<ServerConnection> first, second;
+    void close() {
+      if (first) first->stream().close();
+      if (second) second->stream().close();
+    }
+  };
+  // Logs in to both, the target first when `targetFirst`; the error in words,
+  // or nullopt with both open.
+  awaitable<std::optional<std::string>> connectBoth(bool targetFirst, const std::string& app,
+                                                    BothServers& out);
 
   // Declaration order is destruction order reversed, and it matters: the
   // main context's pending accept holds a socket of a worker context, so the
