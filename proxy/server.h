@@ -17,7 +17,6 @@
 #include "proxy/phase.h"
 #include "proxy/runtime.h"
 #include "proxy/upstream.h"
-#include "proxy/upstream.h"
 
 namespace pghandoff::proxy {
 
