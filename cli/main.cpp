@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "config/config.h"
+#include "migrate/commands.h"
 #include "proxy/admin.h"
 #include "proxy/asio.h"
 #include "proxy/logging.h"
@@ -153,7 +154,9 @@ int main(int argc, char** argv) {
     }
     return usage(2);
   }
-  if (cmd == "check" || cmd == "seed" || cmd == "verify") return notBuiltYet(cmd, "issue 4");
+  if (cmd == "check") return pghandoff::migrate::runCheck(rest);
+  if (cmd == "seed") return pghandoff::migrate::runSeed(rest);
+  if (cmd == "verify") return pghandoff::migrate::runVerify(rest);
   if (cmd == "demo")
     return notBuiltYet(cmd, "issue 4; `scripts/demo.sh` runs the pass-through demo");
   std::fprintf(stderr, "pghandoff: unknown command '%s'\n", cmd.c_str());
