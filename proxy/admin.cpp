@@ -243,9 +243,17 @@ struct Route {
 };
 
 constexpr std::array kRoutes{
-    Route{"/healthz", true, false, false, "GET"}, Route{"/status", true, false, true, "GET"},
-    Route{"/metrics", true, false, true, "GET"},  Route{"/phase", true, true, true, "GET, POST"},
-    Route{"/pause", false, true, true, "POST"},   Route{"/resume", false, true, true, "POST"},
+    Route{"/healthz", true, false, false, "GET"},
+    Route{"/status", true, false, true, "GET"},
+    Route{"/metrics", true, false, true, "GET"},
+    Route{"/phase", true, true, true, "GET, POST"},
+    Route{"/pause", false, true, true, "POST"},
+    Route{"/resume", false, true, true, "POST"},
+    Route{"/seed", true, false, true, "GET"},
+    Route{"/seed/start", false, true, true, "POST"},
+    Route{"/seed/heartbeat", false, true, true, "POST"},
+    Route{"/seed/finish", false, true, true, "POST"},
+    Route{"/seed/abort", false, true, true, "POST"},
 };
 
 bool iequals(std::string_view a, std::string_view b) {
@@ -364,8 +372,8 @@ struct AdminServer::State {
 
   // A validated control request, run by handleAsync after the synchronous checks.
   struct Control {
-    enum class Kind { kNone, kPhase, kPause, kResume } kind = Kind::kNone;
-    std::string phase;
+    enum class Kind { kNone, kPhase, kPause, kResume, kSeed } kind = Kind::kNone;
+    std::string phase;  // kSeed: the action
     std::optional<std::chrono::milliseconds> drainTimeout;
   };
 
@@ -438,6 +446,9 @@ struct AdminServer::State {
         case Control::Kind::kResume:
           if (hooks.resume) reply = hooks.resume();
           break;
+        case Control::Kind::kSeed:
+          if (hooks.seed) reply = co_await hooks.seed(control.phase, control.drainTimeout);
+          break;
         case Control::Kind::kNone:
           break;
       }
@@ -498,6 +509,18 @@ struct AdminServer::State {
         }
         return jsonResponse(http::status::ok, R"({"phase":")" + jsonEscape(hooks.phase()) + "\"}",
                             req.version(), req.keep_alive());
+      }
+      if (path == "/seed" && isGet) {
+        if (!hooks.seedJson) {
+          return errorResponse(http::status::service_unavailable, "seed not available", req);
+        }
+        return jsonResponse(http::status::ok, hooks.seedJson(), req.version(), req.keep_alive());
+      }
+      if (path.rfind("/seed/", 0) == 0) {
+        if (auto bad = parseControlBody(req, false, control)) return std::move(*bad);
+        control.kind = Control::Kind::kSeed;
+        control.phase = std::string(path.substr(6));
+        return Response{};
       }
       // POST /phase, /pause, /resume: validated here, run by handleAsync.
       if (path == "/resume") {

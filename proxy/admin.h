@@ -42,6 +42,13 @@ struct AdminHooks {
   // POST /pause (optional body {"drain_timeout": "5s"}), POST /resume (no body).
   std::function<boost::asio::awaitable<AdminReply>(std::optional<std::chrono::milliseconds>)> pause;
   std::function<AdminReply()> resume;
+  // POST /seed/start|heartbeat|finish|abort (optional body {"drain_timeout": "5s"}):
+  // the seed's steps, driven by `pghandoff seed` (proxy/seed.cpp). The action
+  // is the last path segment.
+  std::function<boost::asio::awaitable<AdminReply>(std::string,
+                                                   std::optional<std::chrono::milliseconds>)>
+      seed;
+  std::function<std::string()> seedJson;  // GET /seed: the seed's progress
 };
 
 struct AdminOptions {

@@ -477,6 +477,32 @@ awaitable<bool> ClientSession::authenticateMd5(const std::string& user, const Us
 // Login to the servers
 
 awaitable<bool> ClientSession::connectSide(int idx, bool first, std::string* failure) {
+  if (idx == kTargetIdx && !first && journals(txPhase_)) {
+    // Phase seeding: the journal stands in for the target. It gets the
+    // session state the way a late server session would.
+    auto journal = registry_.journal();
+    if (!journal || journal->failed()) {
+      if (failure != nullptr) *failure = "no catch-up journal is open";
+      co_return false;
+    }
+    Upstream& j = up_[idx];
+    j.journal = true;
+    j.txStatus = 'I';
+    journal_ = std::move(journal);
+    journalSession_ = journal_->openSession(passOn_);
+    journalBytes_.clear();
+    journalReadies_ = 0;
+    std::string why;
+    bool copied = !up_[kSourceIdx].conn;
+    if (!copied) copied = co_await copySessionState(kSourceIdx, idx, why);
+    if (!copied) {
+      closeSide(idx);
+      if (failure != nullptr) *failure = "could not copy the session state: " + why;
+      co_return false;
+    }
+    spdlog::debug("session {}: recording writes in the catch-up journal", id_);
+    co_return true;
+  }
   const config::ConnInfo& info = idx == kTargetIdx ? *rt_->target : rt_->source;
   Upstream& u = up_[idx];
   u.conn.emplace(ex_, idx == kTargetIdx ? rt_->targetTls : rt_->sourceTls);
@@ -534,6 +560,13 @@ awaitable<bool> ClientSession::connectSide(int idx, bool first, std::string* fai
 
 void ClientSession::closeSide(int idx) {
   Upstream& u = up_[idx];
+  if (u.journal) {
+    u.journal = false;
+    journal_.reset();
+    journalBytes_.clear();
+    journalReadies_ = 0;
+    return;
+  }
   if (!u.conn) return;
   if (!u.writing) {
     // Best effort, like libpq's PQfinish: a Terminate if the socket takes it now.
@@ -567,7 +600,7 @@ std::vector<ClientSession::CancelTarget> ClientSession::cancelTargets() const {
 
 awaitable<bool> ClientSession::arrangeSides() {
   Phase p = txPhase_;
-  if (targetAuthoritative(p) || writesBoth(p)) {
+  if (targetAuthoritative(p) || lockstepPhase(p)) {
     if (!rt_->target) {
       // setPhase refuses such phases without target.url; a phase file from
       // another configuration could still say so.
@@ -579,8 +612,15 @@ awaitable<bool> ClientSession::arrangeSides() {
     }
   }
   int auth = targetAuthoritative(p) ? kTargetIdx : kSourceIdx;
-  if (writesBoth(p)) {
+  if (lockstepPhase(p)) {
     mode_ = Mode::kLockstep;
+    // The target side is a server while mirroring and the journal while
+    // seeding (a journal of an earlier seed is given up); the other is
+    // ended, and the right one opened when a request needs it.
+    if (up_[kTargetIdx].journal && (!journals(p) || registry_.journal() != journal_)) {
+      closeSide(kTargetIdx);
+    }
+    if (up_[kTargetIdx].conn && journals(p)) closeSide(kTargetIdx);
     // The authoritative side must be there; the mirror may fail to open,
     // which mirror.on_target_error handles per request.
     if (!up_[auth].conn) {

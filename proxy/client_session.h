@@ -19,6 +19,7 @@
 #include "protocol/startup.h"
 #include "proxy/asio.h"
 #include "proxy/insert_pin.h"
+#include "proxy/journal.h"
 #include "proxy/metrics.h"
 #include "proxy/phase.h"
 #include "proxy/relay_buffer.h"
@@ -89,7 +90,15 @@ class ClientSession : public std::enable_shared_from_this<ClientSession> {
     tcp::endpoint endpoint;
     char txStatus = 'I';   // as its last ReadyForQuery said (lockstep)
     bool writing = false;  // a write to it is in progress
+    // Phase seeding: the target side is the catch-up journal (proxy/journal.h),
+    // not a server: what it is sent is recorded, its answers are the
+    // authoritative side's.
+    bool journal = false;
   };
+  [[nodiscard]] bool hasSide(int idx) const {
+    return up_[idx].conn.has_value() || up_[idx].journal;
+  }
+  [[nodiscard]] bool journaling(int idx) const { return up_[idx].journal; }
   [[nodiscard]] static labels::Side sideLabel(int idx) {
     return idx == kTargetIdx ? labels::Side::kTarget : labels::Side::kSource;
   }
@@ -114,8 +123,15 @@ class ClientSession : public std::enable_shared_from_this<ClientSession> {
   // no longer used). False when the session must end (the client was told).
   awaitable<bool> arrangeSides();
   [[nodiscard]] bool modeFits(Phase p) const {
-    return writesBoth(p) ? mode_ == Mode::kLockstep
-                         : mode_ == Mode::kStream && relay_ == (targetAuthoritative(p) ? 1 : 0);
+    if (!lockstepPhase(p)) {
+      return mode_ == Mode::kStream && relay_ == (targetAuthoritative(p) ? 1 : 0);
+    }
+    // Seeding records in the journal of the seed under way; the other
+    // lockstep phases write to the target server.
+    const Upstream& t = up_[kTargetIdx];
+    if (t.journal)
+      return mode_ == Mode::kLockstep && journals(p) && registry_.journal() == journal_;
+    return mode_ == Mode::kLockstep && !(t.conn && journals(p));
   }
 
   // ---- the lockstep relay of the phases that write to both servers
@@ -140,6 +156,7 @@ class ClientSession : public std::enable_shared_from_this<ClientSession> {
     // in: the first so many messages of the answer are the proxy's own
     // (Close/Parse of a rewritten statement) and do not reach the client.
     std::size_t dropLeading = 0;
+    bool journaled = false;  // out: recorded in the journal; no server answered
   };
   enum class Sink : std::uint8_t {
     kStream,   // to the client as it arrives
@@ -253,6 +270,17 @@ class ClientSession : public std::enable_shared_from_this<ClientSession> {
   awaitable<bool> mirrorExtended(bool ready);
   awaitable<bool> runUnit(const Unit& u);
   awaitable<bool> mirrorCommit(const Unit& u, int a, int m);
+  // Phase seeding, at a commit that the journal stands in for the target:
+  // the transaction so far, with the source's transaction id, written
+  // durably before the source commits (`seq` set; 0 when the transaction
+  // wrote nothing, or the journal failed and the seed is void). False when
+  // the authoritative side is lost.
+  awaitable<bool> journalCommit(int a, bool implicit, protocol::Bytes commit,
+                                std::uint32_t commitReadies, std::uint64_t& seq);
+  std::shared_ptr<Journal> journal_;        // while up_[kTargetIdx].journal
+  std::uint64_t journalSession_ = 0;        // its number in the journal
+  std::vector<std::uint8_t> journalBytes_;  // the stream since the last journal transaction
+  std::uint32_t journalReadies_ = 0;        // ReadyForQuery answers that stream draws
   // mirror.two_phase_commit: PREPARE TRANSACTION on the mirror, then on the
   // authoritative side; COMMIT PREPARED on the mirror, then the authoritative
   // side. A failing PREPARE on either side leaves nothing committed anywhere.

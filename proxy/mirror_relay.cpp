@@ -74,6 +74,8 @@ constexpr std::string_view kBegin = "BEGIN";
 // that the mirror parses it back to the same instant whatever its DateStyle.
 constexpr std::string_view kPinTimeQuery =
     "SELECT pg_catalog.to_char(pg_catalog.now(), 'YYYY-MM-DD HH24:MI:SS.US TZH:TZM')";
+// The source's transaction id of a transaction that wrote (NULL otherwise).
+constexpr std::string_view kXidQuery = "SELECT pg_catalog.pg_current_xact_id_if_assigned()::text";
 // Puts a transaction in the failed state (any error does).
 constexpr std::string_view kFailTransaction = "SELECT 1/0 -- pghandoff: the mirror failed";
 
@@ -455,7 +457,7 @@ awaitable<bool> ClientSession::syncAfterError() {
   const int m = a == kSourceIdx ? kTargetIdx : kSourceIdx;
   std::vector<std::uint8_t> sync;
   protocol::encodeSync(sync);
-  if (up_[m].conn) {
+  if (hasSide(m)) {
     Outcome mo;
     bool done = co_await exchange(m, sync, Sink::kDiscard, mo, 0);
     if (!done) mirrorFailed(m, MirrorErrorReason::kTargetDown, "connection lost");
@@ -560,11 +562,11 @@ awaitable<bool> ClientSession::runUnit(const Unit& u) {
           "List the column and pass its values, or set mirror.nondeterministic: warn."};
       co_return co_await refuseUnit(u, a, refusal);
     }
-    if (!up_[m].conn && clientTx == 'I') {
+    if (!hasSide(m) && clientTx == 'I') {
       std::string why;
       (void)co_await connectSide(m, false, &why);
     }
-    if (up_[m].conn) co_return co_await mirrorCopyIn(u, a, m, true);
+    if (hasSide(m)) co_return co_await mirrorCopyIn(u, a, m, true);
   }
   if (u.info.copyFrom && !u.isQuery) {
     const protocol::ErrorFields refusal{
@@ -587,7 +589,7 @@ awaitable<bool> ClientSession::runUnit(const Unit& u) {
   const bool endsFailedTx = u.single && (u.info.tx == TxControl::kRollback ||
                                          (u.info.tx == TxControl::kCommit && clientTx == 'E'));
   if (read || u.info.authoritativeOnly || registry_.mirrorBroken() ||
-      (clientTx == 'E' && !u.txControl) || (!up_[m].conn && clientTx != 'I' && endsFailedTx)) {
+      (clientTx == 'E' && !u.txControl) || (!hasSide(m) && clientTx != 'I' && endsFailedTx)) {
     int side = read && clientTx != 'E' ? r : a;
     if (side != a && !up_[side].conn) {
       std::string why;
@@ -609,7 +611,7 @@ awaitable<bool> ClientSession::runUnit(const Unit& u) {
     // The other side gets the same named statements (none are made in a
     // failed transaction).
     const int other = side == a ? m : a;
-    if (!u.sessionPart.empty() && up_[other].conn && !registry_.mirrorBroken() && clientTx != 'E') {
+    if (!u.sessionPart.empty() && hasSide(other) && !registry_.mirrorBroken() && clientTx != 'E') {
       Outcome so;
       bool done = co_await exchange(other, u.sessionPart, Sink::kDiscard, so,
                                     u.ready ? 0 : u.sessionExpected);
@@ -629,7 +631,7 @@ awaitable<bool> ClientSession::runUnit(const Unit& u) {
 
   // Both sides. The mirror must be there; it is opened at a boundary only
   // (mid-transaction a new server session would not be in the transaction).
-  if (!up_[m].conn) {
+  if (!hasSide(m)) {
     std::string why = "not connected inside the transaction";
     bool opened = clientTx == 'I';
     if (opened) opened = co_await connectSide(m, false, &why);
@@ -1018,7 +1020,10 @@ awaitable<bool> ClientSession::settle(const Unit& u, FailBoth fb, const Outcome&
   const bool failClient = rt_->cfg.mirror.onTargetError == config::OnTargetError::kFailClient;
   const bool failClientOnDivergence =
       rt_->cfg.mirror.onDivergence == config::OnDivergence::kFailClient;
-  if (!mirrored) {
+  if (mo.journaled) {
+    // Recorded for the target: no answer to compare (the replay checks that
+    // what committed here commits there).
+  } else if (!mirrored) {
     mirrorFailed(m, MirrorErrorReason::kTargetDown, "connection lost");
     if (failClient && (wrap || clientTx != 'I' || !u.ready)) {
       const std::string why = std::string("pghandoff lost the ") + sideName(m) +
@@ -1054,7 +1059,7 @@ awaitable<bool> ClientSession::settle(const Unit& u, FailBoth fb, const Outcome&
 
   // 3. Commit: the mirror first, then the authoritative side (both prepared
   // first under mirror.two_phase_commit).
-  if (wrap && wrapMirror && up_[m].conn && rt_->cfg.mirror.twoPhaseCommit &&
+  if (wrap && wrapMirror && up_[m].conn && !journaling(m) && rt_->cfg.mirror.twoPhaseCommit &&
       registry_.twoPhaseUsable()) {
     std::optional<protocol::ErrorFields> refusal;
     std::string why;
@@ -1085,6 +1090,16 @@ awaitable<bool> ClientSession::settle(const Unit& u, FailBoth fb, const Outcome&
     }
     co_return co_await finishUnit('I');
   }
+  std::uint64_t journalSeq = 0;
+  std::shared_ptr<Journal> journal = journal_;
+  if (wrapMirror && journaling(m)) {
+    std::vector<std::uint8_t> commit;
+    protocol::encodeQuery(kCommit, commit);
+    if (!co_await journalCommit(a, false, commit, 1, journalSeq)) {
+      co_await lockstepLost(a);
+      co_return false;
+    }
+  }
   if (wrapMirror && up_[m].conn) {
     Outcome mc;
     bool committed = co_await runOwn(m, kCommit, mc);
@@ -1105,9 +1120,10 @@ awaitable<bool> ClientSession::settle(const Unit& u, FailBoth fb, const Outcome&
       co_await lockstepLost(a);
       co_return false;
     }
+    if (journalSeq != 0) journal->outcome(journalSeq, onlyTag(ac.results, kCommit));
     if (!onlyTag(ac.results, kCommit)) {
       // Committed on the mirror, not here (a deferred constraint, say).
-      reportDivergence(DivergenceKind::kCommit, u.sql, ac, mo);
+      if (!mo.journaled) reportDivergence(DivergenceKind::kCommit, u.sql, ac, mo);
       held_.clear();
       if (ac.error) holdError(*ac.error);
     }
@@ -1507,7 +1523,7 @@ awaitable<bool> ClientSession::relayCopyData(int a, int m, bool& toMirror) {
 // Undo on the authoritative side what the mirror could not follow: roll back
 // the proxy's wrapper, or fail the client's open transaction.
 awaitable<bool> ClientSession::failBoth(FailBoth f, std::string why) {
-  if (up_[f.m].conn && f.wrapMirror) {
+  if (hasSide(f.m) && f.wrapMirror) {
     Outcome rb;
     co_await runOwn(f.m, kRollback, rb);
   }
@@ -1544,6 +1560,40 @@ awaitable<bool> ClientSession::mirrorCommit(const Unit& u, int a, int m) {
   implicitWrite_ = false;
   const bool failClient = rt_->cfg.mirror.onTargetError == config::OnTargetError::kFailClient;
   const std::size_t expect = u.ready ? 0 : u.expected;
+
+  if (journaling(m)) {
+    // Seeding: the transaction goes to the journal, durably, before the
+    // source commits it; its outcome is noted after.
+    if (u.info.tx == TxControl::kPrepare || u.info.tx == TxControl::kCommitPrepared) {
+      const protocol::ErrorFields refusal{
+          "ERROR", sqlstate::kFeatureNotSupported,
+          "pghandoff does not carry prepared transactions (PREPARE TRANSACTION, COMMIT "
+          "PREPARED) over to the target while it is being seeded",
+          "The transaction is still open; roll it back or COMMIT it.", ""};
+      co_return co_await refuseUnit(u, a, refusal);
+    }
+    std::uint64_t seq = 0;
+    std::shared_ptr<Journal> journal = journal_;
+    const std::uint32_t commitReadies = u.ready ? 1 : 0;
+    if (!co_await journalCommit(a, u.implicitCommit, u.bytes, commitReadies, seq)) {
+      co_await lockstepLost(a);
+      co_return false;
+    }
+    metrics().queriesTotal(sideLabel(a), labels::QueryKind::kWrite).inc();
+    Outcome ao;
+    bool answered = co_await exchange(a, u.bytes, Sink::kHold, ao, expect);
+    if (!answered) {
+      // The outcome is the source's to tell (pg_xact_status) at the replay.
+      co_await lockstepLost(a);
+      co_return false;
+    }
+    if (seq != 0) {
+      journal->outcome(seq,
+                       !ao.error && ao.txStatus == 'I' &&
+                           (u.implicitCommit || onlyTag(ao.results, expectedCommitTag(u.info.tx))));
+    }
+    co_return co_await answer(u.ready, ao.txStatus);
+  }
 
   // A plain COMMIT (or END), simple or extended, under two-phase commit: the
   // proxy prepares and commits on both, then the client's own COMMIT runs on
@@ -1645,6 +1695,75 @@ awaitable<bool> ClientSession::mirrorCommit(const Unit& u, int a, int m) {
   co_return co_await answer(u.ready, ao.txStatus);
 }
 
+awaitable<bool> ClientSession::journalCommit(int a, bool implicit, protocol::Bytes commit,
+                                             std::uint32_t commitReadies, std::uint64_t& seq) {
+  seq = 0;
+  std::shared_ptr<Journal> journal = journal_;
+  // The source's transaction id, assigned once the transaction wrote.
+  Outcome xo;
+  std::vector<std::uint8_t> q;
+  bool answered = false;
+  if (implicit) {
+    // In an implicit transaction of the extended protocol a simple Query
+    // would commit it: the same question through the extended protocol,
+    // under the proxy's own statement and portal names.
+    constexpr std::string_view kName = "pghandoff_xid";
+    protocol::Writer cp(q);
+    cp.begin('C').byte('P').cstring(kName);
+    cp.end();
+    protocol::Writer cs(q);
+    cs.begin('C').byte('S').cstring(kName);
+    cs.end();
+    protocol::Writer p(q);
+    p.begin('P').cstring(kName).cstring(kXidQuery).int16(0);
+    p.end();
+    protocol::Writer b(q);
+    b.begin('B').cstring(kName).cstring(kName).int16(0).int16(0).int16(0);
+    b.end();
+    protocol::Writer e(q);
+    e.begin('E').cstring(kName).int32(0);
+    e.end();
+    protocol::Writer h(q);
+    h.begin('H');
+    h.end();
+    answered = co_await sendTo(a, q);
+    // CloseComplete twice, ParseComplete, BindComplete, CommandComplete.
+    if (answered) answered = co_await pump(a, Sink::kCollect, xo, 5);
+  } else {
+    protocol::encodeQuery(kXidQuery, q);
+    answered = co_await exchange(a, q, Sink::kCollect, xo, 0);
+  }
+  if (!answered) co_return false;
+  std::uint64_t xid = 0;
+  if (!xo.error && xo.rows.size() == 1 && xo.rows[0].size() == 1 && xo.rows[0][0]) {
+    xid = std::strtoull(xo.rows[0][0]->c_str(), nullptr, 10);
+  } else if (xo.error) {
+    spdlog::error("session {}: could not read the source's transaction id: {}", id_,
+                  xo.error->message);
+  }
+  if (xid == 0 || !journal) {
+    // Nothing written: nothing for the replay to commit. The stream keeps
+    // what it did (session state) for the session's next transaction.
+    journalBytes_.insert(journalBytes_.end(), commit.begin(), commit.end());
+    journalReadies_ += commitReadies;
+    co_return true;
+  }
+  JournalTx tx;
+  tx.session = journalSession_;
+  tx.xid = xid;
+  tx.readies = journalReadies_;
+  tx.commitReadies = commitReadies;
+  tx.bytes = std::move(journalBytes_);
+  tx.commit.assign(commit.begin(), commit.end());
+  journalBytes_.clear();
+  journalReadies_ = 0;
+  seq = co_await journal->commit(std::move(tx));
+  if (seq == 0) {
+    spdlog::error("session {}: the catch-up journal failed; the seed must be run again", id_);
+  }
+  co_return true;
+}
+
 awaitable<ClientSession::TwoPhase> ClientSession::commitTwoPhase(
     int a, int m, std::optional<protocol::ErrorFields>& refusal, std::string& why) {
   const std::string gid =
@@ -1702,6 +1821,10 @@ awaitable<ClientSession::TwoPhase> ClientSession::commitTwoPhase(
 
 awaitable<bool> ClientSession::sendTo(int idx, protocol::Bytes bytes) {
   Upstream& u = up_[idx];
+  if (u.journal) {
+    journalBytes_.insert(journalBytes_.end(), bytes.begin(), bytes.end());
+    co_return true;
+  }
   if (!u.conn) co_return false;
   u.writing = true;
   auto [ec, n] = co_await u.conn->stream().writeAll(asio::buffer(bytes.data(), bytes.size()));
@@ -1728,7 +1851,7 @@ awaitable<bool> ClientSession::exchangeWrapped(int idx, protocol::Bytes bytes, b
 }
 
 awaitable<bool> ClientSession::runOwn(int idx, std::string_view sql, Outcome& out) {
-  if (!up_[idx].conn) co_return false;
+  if (!hasSide(idx)) co_return false;
   std::vector<std::uint8_t> q;
   protocol::encodeQuery(sql, q);
   bool answered = co_await exchange(idx, q, Sink::kDiscard, out, 0);
@@ -1742,6 +1865,20 @@ awaitable<bool> ClientSession::runOwn(int idx, std::string_view sql, Outcome& ou
 awaitable<bool> ClientSession::pump(int idx, Sink sink, Outcome& out, std::size_t expected) {
   const auto maxLen = static_cast<std::uint32_t>(rt_->cfg.limits.maxMessageBytes);
   Upstream& u = up_[idx];
+  if (u.journal) {
+    // No server answers: the request is recorded; the ReadyForQuery a server
+    // would send is counted for the replay (a batch without Sync draws none,
+    // nor does a COPY waiting for its data).
+    out.journaled = true;
+    if (out.stopAtCopyIn) {
+      out.copyIn = true;
+    } else if (expected == 0) {
+      ++journalReadies_;
+    }
+    out.txStatus = up_[targetAuthoritative(txPhase_) ? kTargetIdx : kSourceIdx].txStatus;
+    u.txStatus = out.txStatus;
+    co_return true;
+  }
   if (!u.conn) co_return false;
   const bool toClient = sink == Sink::kStream || sink == Sink::kHold;
   std::size_t completions = 0;

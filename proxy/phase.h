@@ -38,6 +38,14 @@ using Phase = labels::Phase;
 [[nodiscard]] constexpr bool writesBoth(Phase p) {
   return p == Phase::kMirror || p == Phase::kMirrorReadTarget || p == Phase::kReverseMirror;
 }
+// Writes go to the source and are recorded in the catch-up journal.
+[[nodiscard]] constexpr bool journals(Phase p) {
+  return p == Phase::kSeeding;
+}
+// Sessions run in lockstep: a second side follows the authoritative one.
+[[nodiscard]] constexpr bool lockstepPhase(Phase p) {
+  return writesBoth(p) || journals(p);
+}
 // Whose answer the client gets (and where transactions commit last).
 [[nodiscard]] constexpr bool targetAuthoritative(Phase p) {
   return p == Phase::kReverseMirror || p == Phase::kTargetOnly;

@@ -132,6 +132,13 @@ void Registry::markMirrorBroken() {
   }
 }
 
+void Registry::clearMirrorBroken() {
+  mirrorBroken_.store(false, std::memory_order_release);
+  if (brokenMarker_.empty()) return;
+  std::error_code ec;
+  std::filesystem::remove(brokenMarker_, ec);
+}
+
 bool Registry::useBrokenMarker(std::filesystem::path file) {
   brokenMarker_ = std::move(file);
   std::error_code ec;

@@ -55,6 +55,7 @@ struct Runtime {
 [[nodiscard]] const std::string& twoPhaseGidPrefix();
 
 class ClientSession;
+class Journal;
 class PhaseController;
 
 class Registry {
@@ -71,6 +72,8 @@ class Registry {
   // seeded again).
   [[nodiscard]] bool mirrorBroken() const { return mirrorBroken_.load(std::memory_order_acquire); }
   void markMirrorBroken();
+  // A new seed: the target will hold everything again (the marker removed).
+  void clearMirrorBroken();
   // The marker's path; true when it exists already (an earlier run broke it).
   bool useBrokenMarker(std::filesystem::path file);
 
@@ -106,6 +109,17 @@ class Registry {
   [[nodiscard]] std::vector<PendingPrepared> takePending() {
     std::lock_guard lock(mu_);
     return std::exchange(pending_, {});
+  }
+
+  // Phase seeding: the catch-up journal sessions record their writes in
+  // (proxy/journal.h); null outside a seed.
+  [[nodiscard]] std::shared_ptr<Journal> journal() const {
+    std::lock_guard lock(mu_);
+    return journal_;
+  }
+  void setJournal(std::shared_ptr<Journal> j) {
+    std::lock_guard lock(mu_);
+    journal_ = std::move(j);
   }
 
   // Statement classification shared by every session (cached by text).
@@ -144,11 +158,12 @@ class Registry {
   protocol::ClassificationCache classifier_;
   protocol::AnalysisCache analyses_;
   std::atomic<std::uint32_t> clients_{0};
-  std::mutex mu_;
+  mutable std::mutex mu_;
   std::unordered_map<const ClientSession*, std::weak_ptr<ClientSession>> sessions_;
   std::unordered_map<std::uint64_t, std::weak_ptr<ClientSession>> byKey_;
   std::unordered_set<std::string> warned_;  // under mu_
   std::vector<PendingPrepared> pending_;    // under mu_
+  std::shared_ptr<Journal> journal_;        // under mu_
 };
 
 }  // namespace pghandoff::proxy

@@ -30,20 +30,9 @@ tcp::endpoint resolveListen(asio::io_context& io, const config::Endpoint& ep) {
   }
   return results.begin()->endpoint();
 }
-// The phases this build can serve. `seeding` arrives with the seed (issue
-// 4); asking for it answers 501.
-bool phaseServed(Phase p) {
-  return p != Phase::kSeeding;
-}
-
 std::unique_ptr<PhaseController> makePhaseController(const config::Config& cfg) {
   PhaseStore store(cfg.state.dir);
   Phase saved = store.load();
-  if (!phaseServed(saved)) {
-    throw std::runtime_error(store.file().string() + " says the migration is in phase " +
-                             std::string(phaseName(saved)) +
-                             ", which this build of pghandoff cannot serve yet");
-  }
   if (saved != Phase::kSourceOnly && cfg.targetUrl.empty()) {
     throw std::runtime_error(store.file().string() + " says the migration is in phase " +
                              std::string(phaseName(saved)) +
@@ -86,9 +75,15 @@ ProxyServer::ProxyServer(config::Config cfg, std::string configPath)
     };
     hooks.pause = [this](std::optional<std::chrono::milliseconds> drain) { return pause(drain); };
     hooks.resume = [this] { return phases_->resume(); };
+    hooks.seed = [this](std::string action, std::optional<std::chrono::milliseconds> drain) {
+      return seedAction(std::move(action), drain);
+    };
+    hooks.seedJson = [this] { return seedJson(); };
     admin_ = std::make_unique<AdminServer>(mainIo_, cfg.admin.listen->host, cfg.admin.listen->port,
                                            cfg.admin.token, std::move(hooks));
   }
+
+  seedAtStartup();
 
   unsigned n = cfg.threads != 0 ? cfg.threads : std::max(1u, std::thread::hardware_concurrency());
   for (unsigned i = 0; i < n; ++i) {
@@ -101,12 +96,24 @@ awaitable<AdminReply> ProxyServer::setPhase(std::string name,
                                             std::optional<std::chrono::milliseconds> drain) {
   const Phase to = *phaseFromName(name);  // validated by the admin API
   const Phase from = phases_->current();
-  // A refused step says why (409) even where the phase is not built yet.
-  if (!refuseTransition(from, to) && !phaseServed(to)) {
-    std::string body = "{\"error\":\"not built yet: phase " + name +
-                       " is entered by pghandoff seed (issue 4)\",\"phase\":\"" +
-                       std::string(phaseName(from)) + "\"}";
-    co_return AdminReply{501, std::move(body)};
+  // Seeding belongs to `pghandoff seed` (proxy/seed.h): it enters it, and
+  // leaves it for mirror once the journal is replayed. Leaving it for
+  // source-only gives the seed up.
+  if (!refuseTransition(from, to) && from != to &&
+      (to == Phase::kSeeding || (from == Phase::kSeeding && to != Phase::kSourceOnly))) {
+    std::string body =
+        "{\"error\":\"" +
+        std::string(to == Phase::kSeeding
+                        ? "phase seeding is entered by pghandoff seed (POST /seed/start)"
+                        : "pghandoff seed leaves phase seeding once the catch-up journal is "
+                          "replayed (POST /seed/finish); POST /phase can only give the seed up "
+                          "(source-only)") +
+        "\",\"phase\":\"" + std::string(phaseName(from)) + "\"}";
+    co_return AdminReply{409, std::move(body)};
+  }
+  if (from == Phase::kSeeding && to == Phase::kSourceOnly) {
+    const std::string why = "POST /phase source-only";
+    co_return co_await seedAbort(why, true, drain);
   }
   auto rt = runtime();
   if (!refuseTransition(from, to) && to != Phase::kSourceOnly && !rt->target) {
@@ -174,6 +181,7 @@ awaitable<void> ProxyServer::startAccepting() {
     const bool done = co_await resolvePrepared(true);
     asio::co_spawn(mainIo_, twoPhaseRecovery(done), asio::detached);
   }
+  asio::co_spawn(mainIo_, seedLeaseLoop(), asio::detached);
   accepting_ = true;
   co_await acceptLoop();
 }
@@ -513,7 +521,7 @@ std::string ProxyServer::statusJson() {
     << "\",\"lag_seconds\":" << (writesBoth(now) && !registry_.mirrorBroken() ? "0" : "null")
     << ",\"queue_transactions\":0,\"errors\":" << mirrorErrors
     << ",\"nondeterministic_rejected\":" << metrics().nondeterministicRejectedTotal().value()
-    << "},\"divergences\":" << divergences << ",\"sessions\":[";
+    << "},\"divergences\":" << divergences << ",\"seed\":" << seedJson() << ",\"sessions\":[";
   std::size_t shown = 0;
   for (auto& s : sessions) {
     if (shown == 1000) break;

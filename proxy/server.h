@@ -16,6 +16,7 @@
 #include "proxy/asio.h"
 #include "proxy/phase.h"
 #include "proxy/runtime.h"
+#include "proxy/seed.h"
 #include "proxy/upstream.h"
 
 namespace pghandoff::proxy {
@@ -68,6 +69,24 @@ class ProxyServer {
   // or nullopt with both open.
   awaitable<std::optional<std::string>> connectBoth(bool targetFirst, const std::string& app,
                                                     BothServers& out);
+
+  // `pghandoff seed`'s steps (proxy/seed.h; defined in proxy/seed_control.cpp):
+  // POST /seed/<action> and GET /seed.
+  awaitable<AdminReply> seedAction(std::string action,
+                                   std::optional<std::chrono::milliseconds> drain);
+  [[nodiscard]] std::string seedJson() const;
+  awaitable<AdminReply> seedStart(std::chrono::milliseconds drain);
+  awaitable<AdminReply> seedFinish(std::chrono::milliseconds drain);
+  awaitable<void> seedCatchUp(std::chrono::milliseconds drain);
+  // Back to source-only; the journal removed. `keepMarker`: the target holds
+  // a partial restore (the seed command died), which the next seed clears.
+  awaitable<AdminReply> seedAbort(std::string why, bool keepMarker,
+                                  std::optional<std::chrono::milliseconds> drain);
+  awaitable<void> seedLeaseLoop();
+  // A proxy (re)started in phase seeding: journal on, the snapshot gone.
+  void seedAtStartup();
+  void seedCleanup(bool keepMarker);
+  SeedState seed_;  // on mainIo_ only
 
   // Declaration order is destruction order reversed, and it matters: the
   // main context's pending accept holds a socket of a worker context, so the
