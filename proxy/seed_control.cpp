@@ -47,6 +47,9 @@ std::filesystem::path journalFile(const config::Config& cfg) {
 std::filesystem::path markerFile(const config::Config& cfg) {
   return std::filesystem::path(cfg.state.dir) / "seed-started";
 }
+std::filesystem::path markerFile(const std::string& stateDir) {
+  return std::filesystem::path(stateDir) / "seed-started";
+}
 
 }  // namespace
 
@@ -84,7 +87,14 @@ std::string ProxyServer::seedJson() const {
     o << ",\"snapshot\":\"" << jsonEscape(seed_.snapshotName) << "\",\"pg_snapshot\":\""
       << jsonEscape(seed_.snapshotText) << "\"";
   }
-  o << ",\"previous\":\"" << seed_.previous << "\"";
+  // Before a seed starts, the marker an earlier one left says whether the
+  // target holds a partial restore.
+  std::string previous = seed_.previous;
+  if (seed_.stage == Stage::kNone) {
+    std::error_code ec;
+    previous = std::filesystem::exists(markerFile(runtimeConfigDir_), ec) ? "interrupted" : "none";
+  }
+  o << ",\"previous\":\"" << previous << "\"";
   if (seed_.journal) {
     o << ",\"journal_bytes\":\"" << seed_.journal->durableBytes()
       << "\",\"journal_transactions\":\"" << seed_.journal->transactions() << "\"";

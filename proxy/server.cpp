@@ -83,6 +83,7 @@ ProxyServer::ProxyServer(config::Config cfg, std::string configPath)
                                            cfg.admin.token, std::move(hooks));
   }
 
+  runtimeConfigDir_ = cfg.state.dir;
   seedAtStartup();
 
   unsigned n = cfg.threads != 0 ? cfg.threads : std::max(1u, std::thread::hardware_concurrency());

@@ -86,7 +86,8 @@ class ProxyServer {
   // A proxy (re)started in phase seeding: journal on, the snapshot gone.
   void seedAtStartup();
   void seedCleanup(bool keepMarker);
-  SeedState seed_;  // on mainIo_ only
+  SeedState seed_;                // on mainIo_ only
+  std::string runtimeConfigDir_;  // state.dir (fixed for the process)
 
   // Declaration order is destruction order reversed, and it matters: the
   // main context's pending accept holds a socket of a worker context, so the

@@ -1,0 +1,240 @@
+// pghandoff seed (issue 4, SPEC §1 seeding, §3 seed; DESIGN hard problem 6):
+// the target starts empty; writes keep flowing through the proxy while the
+// seed dumps the source at a snapshot, restores the target and replays the
+// catch-up journal; no acknowledged write is lost or applied twice, and the
+// two databases are identical afterwards. Also: a non-empty target is
+// refused; a seed whose command vanished (its lease lapsed) goes back to
+// source-only; a proxy killed during seeding comes back with its journal and
+// the seed can be run again.
+
+#include <gtest/gtest.h>
+#include <signal.h>
+
+#include <atomic>
+#include <filesystem>
+#include <map>
+#include <memory>
+#include <regex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "tests/support/pg_cluster.h"
+#include "tests/support/pq.h"
+#include "tests/support/process.h"
+#include "tests/support/proxy_process.h"
+
+namespace pghandoff::test {
+namespace {
+
+using namespace std::chrono_literals;
+
+constexpr const char* kLedger =
+    "CREATE TABLE ledger (id bigserial PRIMARY KEY, client text, k int, amount numeric, note "
+    "text, created_at timestamptz DEFAULT now(), u uuid DEFAULT gen_random_uuid())";
+
+std::string tableDigest(PgCluster& c, const std::string& table) {
+  return c.psql(
+      "SELECT count(*) || ' ' || coalesce(md5(string_agg(x::text, '|' ORDER BY "
+      "x::text)), '-') FROM " +
+      table + " x");
+}
+
+class Seed : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    source_ = std::make_unique<PgCluster>();
+    target_ = std::make_unique<PgCluster>();
+    ProxyOptions o;
+    o.sourceUrl = source_->url();
+    o.targetUrl = target_->url();
+    o.logLevel = "info";
+    proxy_ = std::make_unique<ProxyProcess>(o);
+  }
+  void TearDown() override {
+    if (HasFailure() && proxy_) proxy_->printLogTail(12000);
+    proxy_.reset();
+  }
+  ProcessResult seed(std::vector<std::string> extra = {},
+                     std::chrono::milliseconds timeout = 300s) {
+    std::vector<std::string> argv{PGHANDOFF_BINARY,     "seed",   "--config",
+                                  proxy_->configFile(), "--jobs", "2"};
+    argv.insert(argv.end(), extra.begin(), extra.end());
+    return run(argv, {}, timeout);
+  }
+  std::string phase() {
+    auto r = proxy_->http("GET", "/phase");
+    std::smatch m;
+    static const std::regex re("\"phase\":\"([a-z-]+)\"");
+    return std::regex_search(r.body, m, re) ? m[1].str() : r.body;
+  }
+  std::map<std::string, std::string> clientEnv() const {
+    std::map<std::string, std::string> env{
+        {"PGHOST", "127.0.0.1"},    {"PGPORT", std::to_string(proxy_->port())},
+        {"PGUSER", "app"},          {"PGPASSWORD", "app-secret"},
+        {"PGDATABASE", "postgres"}, {"PGSSLMODE", "disable"}};
+    env["PGHANDOFF_DSN"] = "host=127.0.0.1 port=" + env["PGPORT"] +
+                           " user=app password=app-secret dbname=postgres sslmode=disable";
+    return env;
+  }
+  std::unique_ptr<PgCluster> source_, target_;
+  std::unique_ptr<ProxyProcess> proxy_;
+};
+
+// The issue's e2e: pgbench (-M prepared) and a psycopg2 ledger (bigserial,
+// now() and uuid defaults; autocommit and transactions) write through the
+// proxy all through the seed and then the walk to reverse-mirror. Zero
+// client errors; every acknowledged ledger row on the target; identical
+// databases at reverse-mirror.
+TEST_F(Seed, SeedsAnEmptyTargetWhileClientsWrite) {
+  source_->pgbenchInit(5);
+  source_->psql(kLedger);
+  source_->psql(
+      "INSERT INTO ledger (client, k) SELECT 'before', g FROM generate_series(1, 20000) g");
+  auto env = clientEnv();
+  env["PGHANDOFF_LEDGER_TABLE"] = "ledger";
+  env["PGHANDOFF_LEDGER_SECONDS"] = "14";
+  env["PGHANDOFF_LEDGER_CLIENT"] = "psycopg2";
+  ProcessResult writers, py, seeded;
+  std::thread writeThread([&] {
+    writers = run({pgBinDir() + "/pgbench", "-M", "prepared", "-n", "-c", "8", "-j", "2", "-T",
+                   "16", "-R", "400"},
+                  env, 90s);
+  });
+  std::thread pyThread([&] {
+    py = run({"/usr/bin/python3",
+              std::string(PGHANDOFF_SOURCE_DIR) + "/tests/clients/psycopg2_client.py", "--scenario",
+              "ledger", "--timeout", "60"},
+             env, 90s);
+  });
+  std::this_thread::sleep_for(1500ms);
+  seeded = seed();
+  EXPECT_EQ(seeded.exitCode, 0) << seeded.out << seeded.err;
+  EXPECT_EQ(phase(), "mirror");
+  // Mirrored writes after the seed, then the reads and authority move.
+  std::this_thread::sleep_for(2000ms);
+  for (const char* p : {"mirror-read-target", "reverse-mirror"}) {
+    auto r = proxy_->http("POST", "/phase", std::string(R"({"phase":")") + p + R"("})");
+    EXPECT_EQ(r.status, 200) << r.body;
+    std::this_thread::sleep_for(1000ms);
+  }
+  writeThread.join();
+  pyThread.join();
+  EXPECT_EQ(writers.exitCode, 0) << writers.out << writers.err;
+  EXPECT_NE(writers.out.find("number of failed transactions: 0"), std::string::npos) << writers.out;
+  EXPECT_EQ(py.exitCode, 0) << py.out << py.err;
+  const std::regex acked("ledger (\\w+): acked=(\\d+) keysum=(\\d+)");
+  std::smatch m;
+  ASSERT_TRUE(std::regex_search(py.out, m, acked)) << py.out;
+  EXPECT_GT(std::stoi(m[2].str()), 20);
+  const std::string q =
+      "SELECT count(*) || ' ' || coalesce(sum(k), 0) FROM ledger WHERE client = '" + m[1].str() +
+      "'";
+  EXPECT_EQ(target_->psql(q), m[2].str() + " " + m[3].str());
+  EXPECT_EQ(source_->psql(q), m[2].str() + " " + m[3].str());
+  for (const char* t :
+       {"pgbench_accounts", "pgbench_branches", "pgbench_tellers", "pgbench_history", "ledger"}) {
+    EXPECT_EQ(tableDigest(*source_, t), tableDigest(*target_, t)) << t;
+  }
+  // The journal was used: writes made during the seed came through it.
+  EXPECT_NE(seeded.out.find("journaled transactions applied"), std::string::npos) << seeded.out;
+  std::smatch applied;
+  ASSERT_TRUE(
+      std::regex_search(seeded.out, applied, std::regex("catch-up [0-9.]+ s: (\\d+) journaled")))
+      << seeded.out;
+  EXPECT_GT(std::stoi(applied[1].str()), 0) << seeded.out;
+  EXPECT_NE(proxy_->http("GET", "/status").body.find("\"divergences\":0,"), std::string::npos);
+  EXPECT_EQ(proxy_->log().find("divergence ("), std::string::npos);
+  EXPECT_FALSE(std::filesystem::exists(proxy_->stateDir() + "/journal"));
+}
+
+TEST_F(Seed, RefusesATargetThatHoldsDataUnlessToldToClean) {
+  source_->psql("CREATE TABLE t (id int PRIMARY KEY); INSERT INTO t VALUES (1), (2)");
+  target_->psql("CREATE TABLE stray (x int); INSERT INTO stray VALUES (7)");
+  ProcessResult r = seed();
+  EXPECT_EQ(r.exitCode, 1) << r.out << r.err;
+  EXPECT_NE(r.err.find("already holds"), std::string::npos) << r.err;
+  EXPECT_EQ(phase(), "source-only");
+  EXPECT_EQ(target_->psql("SELECT count(*) FROM stray"), "1");
+  r = seed({"--clean"});
+  EXPECT_EQ(r.exitCode, 0) << r.out << r.err;
+  EXPECT_EQ(phase(), "mirror");
+  EXPECT_EQ(target_->psql("SELECT count(*) FROM t"), "2");
+  EXPECT_EQ(target_->psql("SELECT count(*) FROM pg_class WHERE relname = 'stray'"), "0");
+}
+
+// A seed whose command is gone (no heartbeat within the lease) goes back to
+// source-only, and its journal is removed; the source saw nothing else.
+TEST_F(Seed, ALapsedLeaseGoesBackToSourceOnly) {
+  source_->psql("CREATE TABLE t (id serial PRIMARY KEY, v int)");
+  auto r = proxy_->http("POST", "/seed/start");
+  ASSERT_EQ(r.status, 200) << r.body;
+  EXPECT_EQ(phase(), "seeding");
+  {
+    PqConn c(proxy_->url());
+    ASSERT_TRUE(c.ok()) << c.error();
+    c.execOrThrow("INSERT INTO t (v) VALUES (1)");
+  }
+  EXPECT_TRUE(std::filesystem::exists(proxy_->stateDir() + "/journal"));
+  EXPECT_TRUE(waitFor([&] { return phase() == "source-only"; }, 30s, 200ms)) << phase();
+  EXPECT_FALSE(std::filesystem::exists(proxy_->stateDir() + "/journal"));
+  EXPECT_EQ(source_->psql("SELECT count(*) FROM t"), "1");
+  PqConn c(proxy_->url());
+  ASSERT_TRUE(c.ok()) << c.error();
+  c.execOrThrow("INSERT INTO t (v) VALUES (2)");
+  EXPECT_EQ(source_->psql("SELECT count(*) FROM t"), "2");
+}
+
+// The proxy killed during seeding: it comes back in seeding with its journal
+// (the snapshot is gone: the seed cannot finish), and a new seed succeeds.
+TEST_F(Seed, AProxyKilledDuringSeedingKeepsItsJournalAndTheSeedRunsAgain) {
+  source_->psql("CREATE TABLE t (id serial PRIMARY KEY, v int, at timestamptz DEFAULT now())");
+  auto r = proxy_->http("POST", "/seed/start");
+  ASSERT_EQ(r.status, 200) << r.body;
+  {
+    PqConn c(proxy_->url());
+    ASSERT_TRUE(c.ok()) << c.error();
+    for (int i = 0; i < 10; ++i)
+      c.execOrThrow("INSERT INTO t (v) VALUES (" + std::to_string(i) + ")");
+  }
+  const auto size = std::filesystem::file_size(proxy_->stateDir() + "/journal");
+  EXPECT_GT(size, 200u);
+  proxy_->signal(SIGKILL);
+  proxy_->waitExit(10s);
+  proxy_->restart();
+  EXPECT_EQ(phase(), "seeding");
+  auto s = proxy_->http("GET", "/seed");
+  EXPECT_NE(s.body.find("\"stage\":\"orphaned\""), std::string::npos) << s.body;
+  EXPECT_NE(s.body.find("\"journal_transactions\":\"10\""), std::string::npos) << s.body;
+  EXPECT_GE(std::filesystem::file_size(proxy_->stateDir() + "/journal"), size);
+  // Writes go on meanwhile (journaled, on the source).
+  {
+    PqConn c(proxy_->url());
+    ASSERT_TRUE(c.ok()) << c.error();
+    c.execOrThrow("INSERT INTO t (v) VALUES (100)");
+  }
+  auto f = proxy_->http("POST", "/seed/finish");
+  EXPECT_EQ(f.status, 409) << f.body;
+  ProcessResult again = seed();
+  EXPECT_EQ(again.exitCode, 0) << again.out << again.err;
+  EXPECT_EQ(phase(), "mirror");
+  EXPECT_EQ(tableDigest(*source_, "t"), tableDigest(*target_, "t"));
+  EXPECT_EQ(target_->psql("SELECT count(*) FROM t"), "11");
+}
+
+// --dry-run seeds a scratch database on the target server, reports the
+// timings, drops it, and leaves the proxy and the target alone.
+TEST_F(Seed, DryRunReportsTimingsAndTouchesNothing) {
+  source_->psql("CREATE TABLE t AS SELECT g AS id FROM generate_series(1, 1000) g");
+  ProcessResult r = seed({"--dry-run"});
+  EXPECT_EQ(r.exitCode, 0) << r.out << r.err;
+  EXPECT_NE(r.out.find("dry run done"), std::string::npos) << r.out;
+  EXPECT_EQ(phase(), "source-only");
+  EXPECT_EQ(
+      target_->psql("SELECT count(*) FROM pg_database WHERE datname LIKE 'pghandoff_dryrun%'"),
+      "0");
+  EXPECT_EQ(target_->psql("SELECT count(*) FROM pg_class WHERE relname = 't'"), "0");
+}
+
+}  // namespace
+}  // namespace pghandoff::test
