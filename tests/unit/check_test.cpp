@@ -1,0 +1,612 @@
+// `pghandoff check`'s decisions (migrate/check.h), driven with hand-built
+// facts: what each server reports turns into OK / WARN / BLOCKER items, and
+// the reports render as text and as JSON.
+
+#include "migrate/check.h"
+
+#include <gtest/gtest.h>
+
+#include <cctype>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <utility>
+#include <vector>
+
+namespace pghandoff::migrate::check {
+namespace {
+
+// A small strict JSON reader, enough to check the report's structure.
+struct Json {
+  enum class Kind { kNull, kBool, kNumber, kString, kArray, kObject };
+  Kind kind = Kind::kNull;
+  bool boolean = false;
+  std::string string;
+  std::vector<Json> array;
+  // An object's members, in order: keys[i] names values[i]. (Not a vector of
+  // pairs: the pair would need Json complete.)
+  std::vector<std::string> keys;
+  std::vector<Json> values;
+
+  [[nodiscard]] const Json* get(const std::string& key) const {
+    for (std::size_t i = 0; i < keys.size(); ++i) {
+      if (keys[i] == key) return &values[i];
+    }
+    return nullptr;
+  }
+};
+
+class JsonReader {
+ public:
+  static std::optional<Json> parse(std::string_view in) {
+    JsonReader r(in);
+    Json v;
+    if (!r.value(v, 0)) return std::nullopt;
+    r.space();
+    if (r.i_ != in.size()) return std::nullopt;
+    return v;
+  }
+
+ private:
+  explicit JsonReader(std::string_view in) : in_(in) {}
+  void space() {
+    while (i_ < in_.size() &&
+           (in_[i_] == ' ' || in_[i_] == '\n' || in_[i_] == '\t' || in_[i_] == '\r')) {
+      ++i_;
+    }
+  }
+  bool literal(std::string_view word) {
+    if (in_.substr(i_, word.size()) != word) return false;
+    i_ += word.size();
+    return true;
+  }
+  bool string(std::string& out) {
+    if (i_ >= in_.size() || in_[i_] != '"') return false;
+    ++i_;
+    while (i_ < in_.size() && in_[i_] != '"') {
+      const auto c = static_cast<unsigned char>(in_[i_++]);
+      if (c < 0x20) return false;  // control characters must be escaped
+      if (c != '\\') {
+        out += static_cast<char>(c);
+        continue;
+      }
+      if (i_ >= in_.size()) return false;
+      const char e = in_[i_++];
+      switch (e) {
+        case '"':
+        case '\\':
+        case '/':
+          out += e;
+          break;
+        case 'n':
+          out += '\n';
+          break;
+        case 't':
+          out += '\t';
+          break;
+        case 'r':
+          out += '\r';
+          break;
+        case 'b':
+          out += '\b';
+          break;
+        case 'f':
+          out += '\f';
+          break;
+        case 'u': {
+          if (i_ + 4 > in_.size()) return false;
+          const unsigned cp = std::stoul(std::string(in_.substr(i_, 4)), nullptr, 16);
+          i_ += 4;
+          if (cp >= 0x80) return false;  // the report escapes control characters only
+          out += static_cast<char>(cp);
+          break;
+        }
+        default:
+          return false;
+      }
+    }
+    if (i_ >= in_.size()) return false;
+    ++i_;
+    return true;
+  }
+  bool value(Json& v, int depth) {
+    if (depth > 32) return false;
+    space();
+    if (i_ >= in_.size()) return false;
+    const char c = in_[i_];
+    if (c == '{') {
+      v.kind = Json::Kind::kObject;
+      ++i_;
+      space();
+      if (i_ < in_.size() && in_[i_] == '}') return ++i_, true;
+      while (true) {
+        space();
+        std::string key;
+        if (!string(key)) return false;
+        space();
+        if (i_ >= in_.size() || in_[i_++] != ':') return false;
+        Json member;
+        if (!value(member, depth + 1)) return false;
+        v.keys.push_back(std::move(key));
+        v.values.push_back(std::move(member));
+        space();
+        if (i_ >= in_.size()) return false;
+        if (in_[i_] == '}') return ++i_, true;
+        if (in_[i_++] != ',') return false;
+      }
+    }
+    if (c == '[') {
+      v.kind = Json::Kind::kArray;
+      ++i_;
+      space();
+      if (i_ < in_.size() && in_[i_] == ']') return ++i_, true;
+      while (true) {
+        Json element;
+        if (!value(element, depth + 1)) return false;
+        v.array.push_back(std::move(element));
+        space();
+        if (i_ >= in_.size()) return false;
+        if (in_[i_] == ']') return ++i_, true;
+        if (in_[i_++] != ',') return false;
+      }
+    }
+    if (c == '"') {
+      v.kind = Json::Kind::kString;
+      return string(v.string);
+    }
+    if (literal("true")) {
+      v.kind = Json::Kind::kBool;
+      v.boolean = true;
+      return true;
+    }
+    if (literal("false")) {
+      v.kind = Json::Kind::kBool;
+      return true;
+    }
+    if (literal("null")) return true;
+    const std::size_t start = i_;
+    while (i_ < in_.size() &&
+           (std::isdigit(static_cast<unsigned char>(in_[i_])) != 0 || in_[i_] == '-' ||
+            in_[i_] == '.' || in_[i_] == 'e' || in_[i_] == 'E' || in_[i_] == '+')) {
+      ++i_;
+    }
+    v.kind = Json::Kind::kNumber;
+    return i_ > start;
+  }
+
+  std::string_view in_;
+  std::size_t i_ = 0;
+};
+
+// Two matching, healthy PostgreSQL 15 servers; each test changes what it needs.
+Facts server(const std::string& side) {
+  Facts f;
+  f.side = side;
+  f.server = side == "source" ? "10.0.0.1:5432/app" : "10.0.0.2:5432/app";
+  f.user = "postgres";
+  f.superuser = true;
+  f.serverVersion = "15.4";
+  f.serverVersionNum = 150004;
+  f.database = "app";
+  f.encoding = "UTF8";
+  f.collate = "en_US.UTF-8";
+  f.ctype = "en_US.UTF-8";
+  f.localeProvider = "c";
+  f.sizePretty = side == "source" ? "1234 MB" : "7453 kB";
+  f.extensions = {{"plpgsql", "1.0"}};
+  f.availableExtensions = {{"plpgsql", {"1.0", true, true}}, {"pg_trgm", {"1.6", false, true}}};
+  f.settings = {
+      {"TimeZone", {"UTC", "UTC", "configuration file", "user"}},
+      {"DateStyle", {"ISO, MDY", "ISO, MDY", "configuration file", "user"}},
+      {"default_statistics_target", {"100", "100", "default", "user"}},
+  };
+  f.roles = {"postgres", "pg_database_owner"};
+  f.referencedRoles = {"postgres", "pg_database_owner"};
+  f.maxConnections = 100;
+  f.superuserReservedConnections = 3;
+  f.canCreateInDatabase = true;
+  f.canCreateInPublic = true;
+  return f;
+}
+
+Options options() {
+  Options o;
+  o.pgDump = {"pg_dump", "/usr/bin/pg_dump", "15.4", 150004};
+  o.pgRestore = {"pg_restore", "/usr/bin/pg_restore", "15.4", 150004};
+  return o;
+}
+
+Status statusOf(const Report& r, const std::string& name) {
+  const Item* i = r.find(name);
+  EXPECT_NE(i, nullptr) << "no item " << name << "\n" << renderText(r);
+  return i == nullptr ? Status::kOk : i->status;
+}
+
+std::string detailOf(const Report& r, const std::string& name) {
+  const Item* i = r.find(name);
+  return i == nullptr ? "" : i->detail;
+}
+
+TEST(CheckEvaluate, MatchingServersAreAGoWithoutWarnings) {
+  const auto r = evaluate(server("source"), server("target"), options());
+  EXPECT_TRUE(r.go()) << renderText(r);
+  EXPECT_EQ(r.count(Status::kBlocker), 0u);
+  EXPECT_EQ(r.count(Status::kWarn), 0u) << renderText(r);
+  EXPECT_EQ(statusOf(r, "database size"), Status::kOk);
+  EXPECT_NE(detailOf(r, "database size").find("1234 MB"), std::string::npos);
+  EXPECT_NE(detailOf(r, "database size").find("7453 kB"), std::string::npos);
+}
+
+TEST(CheckEvaluate, TargetOlderMajorVersionIsABlocker) {
+  auto t = server("target");
+  t.serverVersion = "14.9";
+  t.serverVersionNum = 140009;
+  const auto r = evaluate(server("source"), t, options());
+  EXPECT_FALSE(r.go());
+  EXPECT_EQ(statusOf(r, "server versions"), Status::kBlocker);
+  EXPECT_NE(detailOf(r, "server versions").find("older"), std::string::npos);
+}
+
+TEST(CheckEvaluate, NewerTargetMajorIsAWarningAndAMinorDifferenceIsFine) {
+  auto t = server("target");
+  t.serverVersion = "16.1";
+  t.serverVersionNum = 160001;
+  auto r = evaluate(server("source"), t, options());
+  EXPECT_TRUE(r.go());
+  EXPECT_EQ(statusOf(r, "server versions"), Status::kWarn);
+
+  t.serverVersion = "15.6";
+  t.serverVersionNum = 150006;
+  r = evaluate(server("source"), t, options());
+  EXPECT_EQ(statusOf(r, "server versions"), Status::kOk);
+}
+
+TEST(CheckEvaluate, PgDumpOlderThanTheSourceOrMissingIsABlocker) {
+  auto s = server("source");
+  s.serverVersion = "16.2";
+  s.serverVersionNum = 160002;
+  auto t = server("target");
+  t.serverVersion = "16.2";
+  t.serverVersionNum = 160002;
+  auto r = evaluate(s, t, options());  // pg_dump 15 cannot dump a 16 server
+  EXPECT_FALSE(r.go());
+  EXPECT_EQ(statusOf(r, "pg_dump"), Status::kBlocker);
+
+  auto o = options();
+  o.pgDump = {"pg_dump", "", "", 0};
+  r = evaluate(server("source"), server("target"), o);
+  EXPECT_EQ(statusOf(r, "pg_dump"), Status::kBlocker);
+  EXPECT_NE(detailOf(r, "pg_dump").find("not found"), std::string::npos);
+
+  o = options();
+  o.pgRestore = {"pg_restore", "/opt/pg_restore", "14.1", 140001};
+  r = evaluate(server("source"), server("target"), o);
+  EXPECT_EQ(statusOf(r, "pg_restore"), Status::kBlocker);
+
+  o = options();
+  o.pgDump = {"pg_dump", "/usr/lib/postgresql/16/bin/pg_dump", "16.2", 160002};
+  o.pgRestore = {"pg_restore", "/usr/lib/postgresql/16/bin/pg_restore", "16.2", 160002};
+  r = evaluate(server("source"), server("target"), o);  // newer tools dump older servers
+  EXPECT_TRUE(r.go()) << renderText(r);
+}
+
+TEST(CheckEvaluate, ExtensionUnavailableOnTheTargetIsABlocker) {
+  auto s = server("source");
+  s.extensions["postgis"] = "3.4.0";
+  const auto r = evaluate(s, server("target"), options());
+  EXPECT_FALSE(r.go());
+  EXPECT_EQ(statusOf(r, "extension postgis"), Status::kBlocker);
+  EXPECT_NE(detailOf(r, "extension postgis").find("not available"), std::string::npos);
+}
+
+TEST(CheckEvaluate, ExtensionAvailableButNotInstalledIsNotABlocker) {
+  auto s = server("source");
+  s.extensions["pg_trgm"] = "1.6";
+  auto r = evaluate(s, server("target"), options());
+  EXPECT_TRUE(r.go());
+  EXPECT_EQ(statusOf(r, "extension pg_trgm"), Status::kOk);
+  EXPECT_NE(detailOf(r, "extension pg_trgm").find("the restore creates it"), std::string::npos);
+
+  s.extensions["pg_trgm"] = "1.5";  // the restore would create 1.6
+  r = evaluate(s, server("target"), options());
+  EXPECT_TRUE(r.go());
+  EXPECT_EQ(statusOf(r, "extension pg_trgm"), Status::kWarn);
+}
+
+TEST(CheckEvaluate, ExtensionInstalledAtAnotherVersionIsAWarning) {
+  auto s = server("source");
+  s.extensions["pg_trgm"] = "1.6";
+  auto t = server("target");
+  t.extensions["pg_trgm"] = "1.5";
+  const auto r = evaluate(s, t, options());
+  EXPECT_TRUE(r.go());
+  EXPECT_EQ(statusOf(r, "extension pg_trgm"), Status::kWarn);
+}
+
+TEST(CheckEvaluate, UntrustedExtensionAndATargetUserWhoIsNoSuperuserIsABlocker) {
+  auto s = server("source");
+  s.extensions["postgres_fdw"] = "1.1";
+  auto t = server("target");
+  t.superuser = false;
+  t.user = "migrator";
+  t.availableExtensions["postgres_fdw"] = {"1.1", true, false};
+  const auto r = evaluate(s, t, options());
+  EXPECT_FALSE(r.go());
+  EXPECT_EQ(statusOf(r, "extension postgres_fdw"), Status::kBlocker);
+  EXPECT_NE(detailOf(r, "extension postgres_fdw").find("superuser"), std::string::npos);
+}
+
+TEST(CheckEvaluate, DifferingEncodingIsABlockerAndDifferingCollationAWarning) {
+  auto t = server("target");
+  t.encoding = "LATIN1";
+  auto r = evaluate(server("source"), t, options());
+  EXPECT_FALSE(r.go());
+  EXPECT_EQ(statusOf(r, "encoding"), Status::kBlocker);
+
+  t = server("target");
+  t.collate = "C";
+  r = evaluate(server("source"), t, options());
+  EXPECT_TRUE(r.go());
+  EXPECT_EQ(statusOf(r, "collation"), Status::kWarn);
+  EXPECT_NE(detailOf(r, "collation").find("collate C"), std::string::npos);
+
+  t = server("target");
+  t.localeProvider = "i";
+  t.iculocale = "und";
+  r = evaluate(server("source"), t, options());
+  EXPECT_EQ(statusOf(r, "collation"), Status::kWarn);
+}
+
+TEST(CheckEvaluate, DifferingSettingIsAWarningWithBothValues) {
+  auto s = server("source");
+  s.settings["DateStyle"] = {"SQL, DMY", "SQL, DMY", "database", "user"};
+  auto t = server("target");
+  t.settings["default_statistics_target"] = {"250", "250", "configuration file", "user"};
+  const auto r = evaluate(s, t, options());
+  EXPECT_TRUE(r.go());
+  EXPECT_EQ(statusOf(r, "setting DateStyle"), Status::kWarn);
+  EXPECT_NE(detailOf(r, "setting DateStyle").find("SQL, DMY"), std::string::npos);
+  EXPECT_NE(detailOf(r, "setting DateStyle").find("ISO, MDY"), std::string::npos);
+  EXPECT_EQ(statusOf(r, "setting default_statistics_target"), Status::kWarn);
+  EXPECT_NE(detailOf(r, "setting default_statistics_target").find("'100' (default)"),
+            std::string::npos);
+  EXPECT_NE(detailOf(r, "setting default_statistics_target").find("'250'"), std::string::npos);
+  EXPECT_EQ(r.find("settings"), nullptr);  // no "no differences" line
+}
+
+TEST(CheckEvaluate, PerServerAndDefaultSettingsAreNotCompared) {
+  auto s = server("source");
+  auto t = server("target");
+  s.settings["port"] = {"5432", "5432", "command line", "postmaster"};
+  t.settings["port"] = {"5433", "5433", "command line", "postmaster"};
+  s.settings["shared_buffers"] = {"16384", "128MB", "configuration file", "postmaster"};
+  t.settings["shared_buffers"] = {"4096", "32MB", "configuration file", "postmaster"};
+  s.settings["log_min_messages"] = {"warning", "warning", "configuration file", "superuser"};
+  t.settings["log_min_messages"] = {"notice", "notice", "configuration file", "superuser"};
+  s.settings["block_size"] = {"8192", "8192", "default", "internal"};
+  t.settings["block_size"] = {"16384", "16384", "default", "internal"};
+  // Both at their (differing) defaults: two versions' defaults, not a choice.
+  s.settings["jit"] = {"off", "off", "default", "user"};
+  t.settings["jit"] = {"on", "on", "default", "user"};
+  const auto r = evaluate(s, t, options());
+  EXPECT_EQ(r.count(Status::kWarn), 0u) << renderText(r);
+  EXPECT_EQ(statusOf(r, "settings"), Status::kOk);
+
+  // ... except those that change results, compared even at their defaults.
+  s.settings["IntervalStyle"] = {"postgres", "postgres", "default", "user"};
+  t.settings["IntervalStyle"] = {"iso_8601", "iso_8601", "default", "user"};
+  EXPECT_EQ(statusOf(evaluate(s, t, options()), "setting IntervalStyle"), Status::kWarn);
+  EXPECT_TRUE(settingIsCompared("TimeZone", nullptr, nullptr));
+  EXPECT_FALSE(settingIsCompared("ssl_cert_file", nullptr, nullptr));
+  EXPECT_FALSE(settingIsCompared("transaction_isolation", nullptr, nullptr));
+}
+
+TEST(CheckEvaluate, SettingOnlyOneServerHasIsListedWhenSet) {
+  auto t = server("target");
+  t.settings["new_in_16"] = {"on", "on", "configuration file", "user"};
+  auto r = evaluate(server("source"), t, options());
+  EXPECT_EQ(statusOf(r, "setting new_in_16"), Status::kWarn);
+  t.settings["new_in_16"].source = "default";
+  r = evaluate(server("source"), t, options());
+  EXPECT_EQ(r.find("setting new_in_16"), nullptr);
+}
+
+TEST(CheckEvaluate, ConnectionHeadroomArithmetic) {
+  auto s = server("source");
+  auto t = server("target");
+  // free = 100 - 3 - 10 = 87; needed = clients + 4 jobs + 4 proxy sessions.
+  t.clientBackends = 10;
+  s.clientBackendsOnDatabase = 79;  // needed 87: exactly enough
+  auto r = evaluate(s, t, options());
+  EXPECT_EQ(statusOf(r, "connection headroom"), Status::kOk) << detailOf(r, "connection headroom");
+
+  s.clientBackendsOnDatabase = 80;  // needed 88
+  r = evaluate(s, t, options());
+  EXPECT_FALSE(r.go());
+  EXPECT_EQ(statusOf(r, "connection headroom"), Status::kBlocker);
+  const std::string d = detailOf(r, "connection headroom");
+  EXPECT_NE(d.find("87 free"), std::string::npos) << d;
+  EXPECT_NE(d.find("needed 88"), std::string::npos) << d;
+  EXPECT_NE(d.find("80 source clients"), std::string::npos) << d;
+
+  auto o = options();
+  o.jobs = 1;  // needed 85
+  EXPECT_EQ(statusOf(evaluate(s, t, o), "connection headroom"), Status::kOk);
+
+  t.reservedConnections = 3;  // PostgreSQL 16's reserved_connections count too: 84 free
+  EXPECT_EQ(statusOf(evaluate(s, t, o), "connection headroom"), Status::kBlocker);
+}
+
+TEST(CheckEvaluate, TwoPhaseCommitConfiguredWithoutPreparedTransactionsIsABlocker) {
+  auto s = server("source");
+  auto t = server("target");
+  s.maxPreparedTransactions = 10;
+  t.maxPreparedTransactions = 0;
+  auto o = options();
+  o.twoPhaseCommit = true;
+  auto r = evaluate(s, t, o);
+  EXPECT_FALSE(r.go());
+  EXPECT_EQ(statusOf(r, "prepared transactions"), Status::kBlocker);
+
+  o.twoPhaseCommit = false;  // not asked for: only a note
+  r = evaluate(s, t, o);
+  EXPECT_EQ(statusOf(r, "prepared transactions"), Status::kOk);
+  EXPECT_NE(detailOf(r, "prepared transactions").find("not possible"), std::string::npos);
+
+  t.maxPreparedTransactions = 10;
+  o.twoPhaseCommit = true;
+  EXPECT_EQ(statusOf(evaluate(s, t, o), "prepared transactions"), Status::kOk);
+}
+
+TEST(CheckEvaluate, NonEmptyTargetIsABlocker) {
+  auto t = server("target");
+  t.userObjectCount = 12;
+  t.userObjects = {"table public.accounts", "table public.orders"};
+  const auto r = evaluate(server("source"), t, options());
+  EXPECT_FALSE(r.go());
+  EXPECT_EQ(statusOf(r, "target is empty"), Status::kBlocker);
+  const std::string d = detailOf(r, "target is empty");
+  EXPECT_NE(d.find("refuses a target that already holds data"), std::string::npos) << d;
+  EXPECT_NE(d.find("public.accounts"), std::string::npos) << d;
+  EXPECT_NE(d.find("10 more"), std::string::npos) << d;
+}
+
+TEST(CheckEvaluate, TablesLargeObjectsUnloggedAndRolesAreWarnings) {
+  auto s = server("source");
+  s.tablesWithoutPrimaryKey = {"public.events", "audit.log"};
+  s.largeObjects = 3;
+  s.unloggedTables = {"public.cache"};
+  s.referencedRoles.insert("app_owner");
+  s.referencedRoles.insert("reporting");
+  auto t = server("target");
+  t.roles.insert("reporting");
+  const auto r = evaluate(s, t, options());
+  EXPECT_TRUE(r.go());
+  EXPECT_EQ(statusOf(r, "tables without a primary key"), Status::kWarn);
+  EXPECT_NE(detailOf(r, "tables without a primary key").find("public.events, audit.log"),
+            std::string::npos);
+  EXPECT_EQ(statusOf(r, "large objects"), Status::kWarn);
+  EXPECT_EQ(statusOf(r, "unlogged tables"), Status::kWarn);
+  EXPECT_EQ(statusOf(r, "roles"), Status::kWarn);
+  EXPECT_NE(detailOf(r, "roles").find("app_owner"), std::string::npos);
+  EXPECT_EQ(detailOf(r, "roles").find("reporting"), std::string::npos);
+  EXPECT_EQ(r.count(Status::kWarn), 4u);
+}
+
+TEST(CheckEvaluate, MissingPrivilegesAreBlockers) {
+  auto s = server("source");
+  s.user = "reader";
+  s.unreadableCount = 1;
+  s.unreadable = {"secret.keys"};
+  auto r = evaluate(s, server("target"), options());
+  EXPECT_FALSE(r.go());
+  EXPECT_EQ(statusOf(r, "source read privilege"), Status::kBlocker);
+  EXPECT_NE(detailOf(r, "source read privilege").find("secret.keys"), std::string::npos);
+
+  auto t = server("target");
+  t.canCreateInDatabase = false;
+  r = evaluate(server("source"), t, options());
+  EXPECT_EQ(statusOf(r, "target create privilege"), Status::kBlocker);
+
+  t = server("target");
+  t.canCreateInPublic = false;
+  s = server("source");
+  s.usesPublicSchema = true;
+  r = evaluate(s, t, options());
+  EXPECT_EQ(statusOf(r, "target create privilege"), Status::kBlocker);
+  s.usesPublicSchema = false;
+  EXPECT_TRUE(evaluate(s, t, options()).go());
+}
+
+TEST(CheckVersions, ParsesServerAndToolVersions) {
+  EXPECT_EQ(parseVersionNumber("15.4"), 150004);
+  EXPECT_EQ(parseVersionNumber("9.6.24"), 90624);
+  EXPECT_EQ(parseVersionNumber("16beta1"), 160000);
+  EXPECT_EQ(parseVersionNumber("15.4 (Debian 15.4-1.pgdg120+1)"), 150004);
+  EXPECT_EQ(parseVersionNumber("(PostgreSQL)"), std::nullopt);
+  EXPECT_EQ(parseVersionNumber(""), std::nullopt);
+  EXPECT_EQ(majorOf(150004), 15);
+  EXPECT_EQ(majorOf(90624), 906);
+  EXPECT_EQ(majorName(90624), "9.6");
+  EXPECT_EQ(majorName(160002), "16");
+  EXPECT_EQ(versionFromToolOutput("pg_dump (PostgreSQL) 15.4 (Debian 15.4-1.pgdg120+1)\n"), "15.4");
+  EXPECT_EQ(versionFromToolOutput("pg_restore (PostgreSQL) 17devel\n"), "17devel");
+  EXPECT_EQ(versionFromToolOutput("garbage\n"), std::nullopt);
+}
+
+TEST(CheckRender, JsonIsOneObjectWithTheReportsFields) {
+  auto s = server("source");
+  // Names with quotes, backslashes and a newline must survive the escaping.
+  s.tablesWithoutPrimaryKey = {"public.\"we\"\"ird\\name\nx\""};
+  auto t = server("target");
+  t.userObjectCount = 1;
+  t.userObjects = {"table public.t"};
+  const auto r = evaluate(s, t, options());
+  const std::string text = renderJson(r);
+  const auto json = JsonReader::parse(text);
+  ASSERT_TRUE(json.has_value()) << text;
+  ASSERT_EQ(json->kind, Json::Kind::kObject);
+
+  const Json* go = json->get("go");
+  ASSERT_NE(go, nullptr);
+  ASSERT_EQ(go->kind, Json::Kind::kBool);
+  EXPECT_FALSE(go->boolean);
+
+  const Json* blockers = json->get("blockers");
+  ASSERT_NE(blockers, nullptr);
+  ASSERT_EQ(blockers->kind, Json::Kind::kArray);
+  ASSERT_EQ(blockers->array.size(), 1u);
+  EXPECT_EQ(blockers->array[0].kind, Json::Kind::kString);
+  EXPECT_EQ(blockers->array[0].string.rfind("target is empty: ", 0), 0u);
+
+  const Json* warnings = json->get("warnings");
+  ASSERT_NE(warnings, nullptr);
+  ASSERT_EQ(warnings->kind, Json::Kind::kArray);
+  ASSERT_EQ(warnings->array.size(), 1u);
+  EXPECT_NE(warnings->array[0].string.find("\"we\"\"ird\\name\nx\""), std::string::npos);
+
+  const Json* checks = json->get("checks");
+  ASSERT_NE(checks, nullptr);
+  ASSERT_EQ(checks->kind, Json::Kind::kArray);
+  ASSERT_EQ(checks->array.size(), r.items.size());
+  for (const auto& c : checks->array) {
+    ASSERT_EQ(c.kind, Json::Kind::kObject);
+    for (const char* key : {"name", "status", "detail"}) {
+      ASSERT_NE(c.get(key), nullptr) << key;
+      EXPECT_EQ(c.get(key)->kind, Json::Kind::kString) << key;
+    }
+    const std::string& st = c.get("status")->string;
+    EXPECT_TRUE(st == "ok" || st == "warn" || st == "blocker") << st;
+  }
+
+  for (const char* side : {"source", "target"}) {
+    const Json* o = json->get(side);
+    ASSERT_NE(o, nullptr) << side;
+    ASSERT_EQ(o->kind, Json::Kind::kObject);
+    for (const char* key : {"version", "database", "size"}) {
+      ASSERT_NE(o->get(key), nullptr) << side << "." << key;
+    }
+  }
+  EXPECT_EQ(json->get("source")->get("size")->string, "1234 MB");
+  EXPECT_EQ(json->get("target")->get("version")->string, "15.4");
+}
+
+TEST(CheckRender, TextEndsWithGoOrTheNumberOfBlockers) {
+  auto r = evaluate(server("source"), server("target"), options());
+  std::string text = renderText(r);
+  EXPECT_NE(text.find("\ngo\n"), std::string::npos) << text;
+  EXPECT_NE(text.find("  OK      server versions: "), std::string::npos) << text;
+
+  auto t = server("target");
+  t.encoding = "LATIN1";
+  t.userObjectCount = 1;
+  t.collate = "C";
+  r = evaluate(server("source"), t, options());
+  text = renderText(r);
+  EXPECT_NE(text.find("\n2 blockers (1 warning)\n"), std::string::npos) << text;
+  EXPECT_NE(text.find("  BLOCKER encoding: "), std::string::npos) << text;
+  EXPECT_NE(text.find("  WARN    collation: "), std::string::npos) << text;
+}
+
+}  // namespace
+}  // namespace pghandoff::migrate::check
