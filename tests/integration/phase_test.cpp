@@ -205,9 +205,9 @@ TEST_F(PhaseBarrier, PhaseChangesRefusedOrNotBuiltChangeNothing) {
   EXPECT_EQ(r.body, R"x({"error":"phase mirror needs the target: target.url is not set in the )x"
                     R"x(configuration","phase":"source-only"})x");
   r = proxy_->http("POST", "/phase", R"({"phase":"seeding"})");
-  EXPECT_EQ(r.status, 501);
-  EXPECT_EQ(r.body, R"x({"error":"not built yet: phase seeding is entered by pghandoff seed )x"
-                    R"x((issue 4)","phase":"source-only"})x");
+  EXPECT_EQ(r.status, 409);
+  EXPECT_EQ(r.body, R"x({"error":"phase seeding is entered by pghandoff seed (POST )x"
+                    R"x(/seed/start)","phase":"source-only"})x");
   r = proxy_->http("POST", "/phase", R"({"phase":"source-only"})");
   EXPECT_EQ(r.status, 200);
   EXPECT_EQ(r.body, R"({"phase":"source-only","previous":"source-only","pause_ms":0})");
@@ -219,7 +219,7 @@ TEST_F(PhaseBarrier, PhaseChangesRefusedOrNotBuiltChangeNothing) {
   EXPECT_EQ(proxy_->metric("pghandoff_phase_flip_pause_seconds_count"), 0.0);
   EXPECT_EQ(proxy_->metric(R"(pghandoff_phase{phase="source-only"})"), 1.0);
 
-  // The command line: exit 1 for a refused step, 2 for not built, 0 for get.
+  // The command line: exit 1 for a refused step, 0 for get.
   std::map<std::string, std::string> env{{"PGHANDOFF_ADMIN_TOKEN", proxy_->options().adminToken}};
   const std::string admin = "http://127.0.0.1:" + std::to_string(proxy_->adminPort());
   auto get = run({PGHANDOFF_BINARY, "phase", "get", "--admin", admin}, env, 10s);
@@ -228,21 +228,25 @@ TEST_F(PhaseBarrier, PhaseChangesRefusedOrNotBuiltChangeNothing) {
   auto refused = run({PGHANDOFF_BINARY, "phase", "set", "target-only", "--admin", admin}, env, 10s);
   EXPECT_EQ(refused.exitCode, 1) << refused.err;
   EXPECT_NE(refused.out.find("skips a step"), std::string::npos) << refused.out;
-  auto notBuilt = run({PGHANDOFF_BINARY, "phase", "set", "seeding", "--admin", admin}, env, 10s);
-  EXPECT_EQ(notBuilt.exitCode, 2) << notBuilt.err;
+  auto seeding = run({PGHANDOFF_BINARY, "phase", "set", "seeding", "--admin", admin}, env, 10s);
+  EXPECT_EQ(seeding.exitCode, 1) << seeding.err;
+  EXPECT_NE(seeding.out.find("pghandoff seed"), std::string::npos) << seeding.out;
 }
 
 TEST_F(PhaseBarrier, SavedPhaseIsRestoredAndNeverGuessed) {
-  // A phase this build cannot serve yet: refuse to start, naming the file.
+  // Seeding needs the target (its journal is replayed there): without
+  // target.url, refuse to start, naming the file.
   const std::string file = proxy_->stateDir() + "/phase";
   proxy_->stop();
   std::ofstream(file) << "seeding\n";
   try {
     proxy_->restart();
-    FAIL() << "the proxy started in a phase it cannot serve";
+    FAIL() << "the proxy started in seeding without a target";
   } catch (const std::runtime_error&) {
   }
-  EXPECT_NE(proxy_->log().find(file + " says the migration is in phase seeding"), std::string::npos)
+  EXPECT_NE(proxy_->log().find(file + " says the migration is in phase seeding, which needs the "
+                                      "target"),
+            std::string::npos)
       << proxy_->log();
   // A phase that needs the target, with no target.url configured.
   std::ofstream(file, std::ios::trunc) << "mirror\n";
