@@ -620,6 +620,25 @@ void parallelFor(std::vector<Worker>& workers, std::size_t count,
   if (error) std::rethrow_exception(error);
 }
 
+// fn(worker) once per worker, each on its own thread.
+void forEachWorker(std::vector<Worker>& workers, const std::function<void(Worker&)>& fn) {
+  std::vector<std::exception_ptr> errors(workers.size());
+  std::vector<std::thread> threads;
+  for (std::size_t k = 0; k < workers.size(); ++k) {
+    threads.emplace_back([&, k] {
+      try {
+        fn(workers[k]);
+      } catch (...) {
+        errors[k] = std::current_exception();
+      }
+    });
+  }
+  for (auto& th : threads) th.join();
+  for (const auto& e : errors) {
+    if (e) std::rethrow_exception(e);
+  }
+}
+
 // ---------------------------------------------------------------- catalogs
 
 std::string userSchemas(const std::string& alias) {
@@ -994,8 +1013,8 @@ int runVerifyImpl(const Args& args) {
       paused = true;
       if (!alreadyPaused) guard.arm();
     }
-    const std::string exportSql = std::string(kBeginCut) + "; SELECT pg_export_snapshot()";
-    auto snaps = execBoth(exportSource, exportTarget, exportSql, {}, {});
+    (void)execBoth(exportSource, exportTarget, kBeginCut, {}, {});
+    auto snaps = execBoth(exportSource, exportTarget, "SELECT pg_export_snapshot()", {}, {});
     snapSource = snaps.source.rows() > 0 ? snaps.source.get(0, 0) : "";
     snapTarget = snaps.target.rows() > 0 ? snaps.target.get(0, 0) : "";
     if (paused) {
@@ -1005,10 +1024,12 @@ int runVerifyImpl(const Args& args) {
   }
   if (alreadyPaused) notes.push_back("the proxy was already paused; verify left it paused");
 
-  parallelFor(workers, workers.size(), [&](Worker& w, std::size_t) {
-    const std::string adopt = std::string(kBeginCut) + "; SET TRANSACTION SNAPSHOT ";
-    (void)execBoth(w.source, w.target, adopt + w.source.literal(snapSource),
-                   adopt + w.target.literal(snapTarget), {}, {});
+  // Every worker adopts the cut: BEGIN first, then SET TRANSACTION SNAPSHOT
+  // as the transaction's first statement (each its own round trip).
+  forEachWorker(workers, [&](Worker& w) {
+    (void)execBoth(w.source, w.target, kBeginCut, {}, {});
+    (void)execBoth(w.source, w.target, "SET TRANSACTION SNAPSHOT " + w.source.literal(snapSource),
+                   "SET TRANSACTION SNAPSHOT " + w.target.literal(snapTarget), {}, {});
   });
 
   const auto tStart = Clock::now();
