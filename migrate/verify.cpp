@@ -897,12 +897,36 @@ struct Options {
   std::string tablesText;
 };
 
+constexpr const char* kUsage =
+    "usage: pghandoff verify --config FILE [--tables REGEX] [--json] [--jobs N] [--no-pause] "
+    "[--chunk-rows N]\n"
+    "  --tables REGEX    only tables whose schema.table the regular expression finds\n"
+    "  --json            one JSON object on stdout\n"
+    "  --jobs N          worker connections per side (default 4)\n"
+    "  --no-pause        no write pause through the proxy: each side's snapshot is consistent,\n"
+    "                    but writes made between the two show as differences\n"
+    "  --chunk-rows N    rows per checksum chunk (default 10000)\n"
+    "exit 0 = identical, 1 = differences (listed), 2 = could not run\n";
+
 int usageError(const std::string& msg) {
-  std::fprintf(stderr,
-               "pghandoff verify: %s\nusage: pghandoff verify --config FILE [--tables REGEX] "
-               "[--json] [--jobs N] [--no-pause] [--chunk-rows N]\n",
-               msg.c_str());
+  std::fprintf(stderr, "pghandoff verify: %s\n%s", msg.c_str(), kUsage);
   return 2;
+}
+
+// Unknown arguments are errors, like unknown config keys; "" when all are known.
+std::string checkArgs(const Args& args) {
+  static const std::set<std::string> withValue{"--config", "--tables", "--jobs", "--chunk-rows"};
+  static const std::set<std::string> flags{"--json", "--no-pause"};
+  for (std::size_t i = 0; i < args.size(); ++i) {
+    const std::string& a = args[i];
+    const auto eq = a.find('=');
+    if (withValue.count(a.substr(0, eq)) != 0) {
+      if (eq == std::string::npos && ++i >= args.size()) return a + " needs a value";
+      continue;
+    }
+    if (flags.count(a) == 0) return "unknown argument " + a;
+  }
+  return {};
 }
 
 bool parsePositive(const std::string& s, std::int64_t max, std::int64_t& out) {
@@ -916,6 +940,11 @@ bool parsePositive(const std::string& s, std::int64_t max, std::int64_t& out) {
 }
 
 int runVerifyImpl(const Args& args) {
+  if (hasFlag(args, "--help") || hasFlag(args, "-h")) {
+    std::fputs(kUsage, stdout);
+    return 0;
+  }
+  if (auto bad = checkArgs(args); !bad.empty()) return usageError(bad);
   Options opt;
   opt.json = hasFlag(args, "--json");
   opt.noPause = hasFlag(args, "--no-pause");
@@ -931,6 +960,7 @@ int runVerifyImpl(const Args& args) {
   }
   if (hasFlag(args, "--tables") || !optionValue(args, "--tables").empty()) {
     opt.tablesText = optionValue(args, "--tables");
+    if (opt.tablesText.empty()) return usageError("--tables needs a regular expression");
     try {
       opt.tables.emplace(opt.tablesText, std::regex::ECMAScript);
     } catch (const std::regex_error& e) {
@@ -1001,6 +1031,9 @@ int runVerifyImpl(const Args& args) {
     PauseGuard guard(endpoint ? &*endpoint : nullptr);
     const auto t0 = Clock::now();
     if (!opt.noPause) {
+      // Armed before asking: a pause that took hold after our timeout is
+      // released too (a resume of an unpaused proxy changes nothing).
+      if (!alreadyPaused) guard.arm();
       auto r = adminCall(*endpoint, "POST", "/pause", R"({"drain_timeout":"5s"})",
                          std::chrono::seconds(20));
       if (r.status != 200) {
@@ -1011,7 +1044,6 @@ int runVerifyImpl(const Args& args) {
         return 2;
       }
       paused = true;
-      if (!alreadyPaused) guard.arm();
     }
     (void)execBoth(exportSource, exportTarget, kBeginCut, {}, {});
     auto snaps = execBoth(exportSource, exportTarget, "SELECT pg_export_snapshot()", {}, {});
@@ -1399,13 +1431,16 @@ int runVerifyImpl(const Args& args) {
     }
     out += phase.empty() ? " (proxy not reached; both sides are held to the sequence check)\n"
                          : " (phase " + phase + ", the " + authoritative + " is authoritative)\n";
-    out +=
-        "schema: " + std::to_string(src.desc.tables.size()) + " tables, " +
-        std::to_string(src.desc.indexes.size()) + " indexes, " +
-        std::to_string(src.desc.constraints.size()) + " constraints, " +
-        std::to_string(src.desc.sequences.size()) + " sequences" +
-        (withExtensions ? ", " + std::to_string(src.desc.extensions.size()) + " extensions" : "") +
-        (opt.tables ? " matching /" + opt.tablesText + "/" : "") + ": ";
+    auto count = [](std::size_t n, const std::string& one, const std::string& many) {
+      return std::to_string(n) + " " + (n == 1 ? one : many);
+    };
+    out += "schema: " + count(src.desc.tables.size(), "table", "tables") + ", " +
+           count(src.desc.indexes.size(), "index", "indexes") + ", " +
+           count(src.desc.constraints.size(), "constraint", "constraints") + ", " +
+           count(src.desc.sequences.size(), "sequence", "sequences") +
+           (withExtensions ? ", " + count(src.desc.extensions.size(), "extension", "extensions")
+                           : "") +
+           (opt.tables ? " matching /" + opt.tablesText + "/" : "") + ": ";
     if (schemaDiffs.empty()) {
       out += "identical\n";
     } else {

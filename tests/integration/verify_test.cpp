@@ -5,8 +5,11 @@
 // consistent under a concurrent write workload, and a verify that cannot run
 // says why (exit 2) without printing a password.
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <cstdlib>
+#include <iostream>
 #include <map>
 #include <memory>
 #include <set>
@@ -161,8 +164,11 @@ class Verify : public ::testing::Test {
 
   static Verdict verify(const std::string& config, std::vector<std::string> extra = {},
                         bool asJson = true) {
-    std::vector<std::string> argv{PGHANDOFF_BINARY, "verify",       "--config",
-                                  config,           "--chunk-rows", "250"};
+    std::vector<std::string> argv{PGHANDOFF_BINARY, "verify", "--config", config};
+    // Small chunks, so that a few thousand rows make several.
+    if (std::find(extra.begin(), extra.end(), "--chunk-rows") == extra.end()) {
+      argv.insert(argv.end(), {"--chunk-rows", "250"});
+    }
     if (asJson) argv.push_back("--json");
     argv.insert(argv.end(), extra.begin(), extra.end());
     Verdict v;
@@ -469,6 +475,22 @@ TEST_F(Verify, CannotRunWithoutTheAdminAPIOrWithABadTargetAndSaysWhy) {
   EXPECT_EQ(next.execOrThrow("SELECT count(*) FROM shop.customers").value(), "1000");
   auto status = proxy_->http("GET", "/status");
   EXPECT_NE(status.body.find("\"paused\":false"), std::string::npos) << status.body;
+}
+
+// Throughput over pgbench_accounts (scale 5 = 500,000 rows by default;
+// PGHANDOFF_VERIFY_SCALE to change it), default chunks and jobs. Not run by
+// default: --gtest_also_run_disabled_tests --gtest_filter='*Throughput*'.
+TEST_F(Verify, DISABLED_Throughput) {
+  const char* env = std::getenv("PGHANDOFF_VERIFY_SCALE");
+  const int scale = env != nullptr ? std::atoi(env) : 5;
+  for (PgCluster* c : {source_.get(), target_.get()}) c->pgbenchInit(scale);
+  startProxy();
+  auto v = verify(proxy_->configFile(), {"--chunk-rows", "10000"});
+  ASSERT_EQ(v.run.exitCode, 0) << v.run.out << v.run.err;
+  auto text = verify(proxy_->configFile(), {"--chunk-rows", "10000"}, false);
+  std::cout << text.run.out;
+  std::cout << "rows_per_second (json run): " << v.report.at("rows_per_second").to_number<double>()
+            << ", pause_ms " << v.report.at("pause_ms").to_number<double>() << "\n";
 }
 
 }  // namespace
