@@ -1102,12 +1102,14 @@ int runVerifyImpl(const Args& args) {
     }
     auto pk = src.primaryKeys.find(name);
     if (pk != src.primaryKeys.end()) {
+      // The source's key ranges are applied to the target with the source's
+      // types: only when each key column exists there with the same type
+      // (else the whole-row multiset compares the table; the schema
+      // difference is listed anyway).
       bool allShared = true;
       for (const auto& [col, type] : pk->second) {
-        if (std::find(w.shape.columns.begin(), w.shape.columns.end(), col) ==
-            w.shape.columns.end()) {
-          allShared = false;
-        }
+        const ColumnDesc* there = findColumn(tt->second.columns, col);
+        if (there == nullptr || there->type != type) allShared = false;
       }
       if (allShared) {
         w.keyed = true;

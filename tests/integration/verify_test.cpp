@@ -335,17 +335,31 @@ TEST_F(Verify, EachDifferenceMadeBehindTheProxysBackIsListedWithItsKey) {
 TEST_F(Verify, ChangedColumnTypeAndMissingTableAreSchemaDifferences) {
   target_->psql(
       "ALTER TABLE shop.order_lines ALTER COLUMN qty TYPE bigint;"
+      "ALTER TABLE shop.orders ALTER COLUMN id TYPE numeric;"  // a key column
       "CREATE TABLE shop.only_on_target (id int PRIMARY KEY)");
   source_->psql("CREATE TABLE shop.only_on_source (id int)");
   auto v = verify(writeConfig(source_->url(), target_->url()), {"--no-pause"});
   ASSERT_EQ(v.run.exitCode, 1) << v.run.out << v.run.err;
-  // qty renders the same text as int or bigint: the data agrees.
-  EXPECT_EQ(differences(v.report), (std::multiset<std::string>{"schema|shop.order_lines.qty|",
-                                                               "schema|shop.only_on_source|",
-                                                               "schema|shop.only_on_target|"}))
+  // qty renders the same text as int or bigint, and so does the key as
+  // numeric: the data agrees.
+  EXPECT_EQ(
+      differences(v.report),
+      (std::multiset<std::string>{"schema|shop.order_lines.qty|", "schema|shop.orders.id|",
+                                  "schema|shop.only_on_source|", "schema|shop.only_on_target|"}))
       << v.run.out;
   EXPECT_EQ(detailOf(v.report, "schema", "shop.order_lines.qty"),
             "column shop.order_lines.qty type integer on source, bigint on target");
+  EXPECT_EQ(detailOf(v.report, "schema", "shop.orders.id"),
+            "column shop.orders.id type bigint on source, numeric on target");
+  // A key of another type on each side: compared as whole rows.
+  for (const auto& t : v.report.at("tables").as_array()) {
+    const auto& o = t.as_object();
+    EXPECT_EQ(o.at("keyed").as_bool(), str(o.at("name")) != "shop.orders" &&
+                                           str(o.at("name")) != "shop.events" &&
+                                           str(o.at("name")) != "shop.only_on_source")
+        << str(o.at("name"));
+    EXPECT_TRUE(o.at("identical").as_bool()) << str(o.at("name"));
+  }
 }
 
 TEST_F(Verify, TheCutThroughAProxyInMirrorIsConsistentUnderWrites) {
