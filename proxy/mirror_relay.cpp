@@ -74,6 +74,9 @@ constexpr std::string_view kBegin = "BEGIN";
 // that the mirror parses it back to the same instant whatever its DateStyle.
 constexpr std::string_view kPinTimeQuery =
     "SELECT pg_catalog.to_char(pg_catalog.now(), 'YYYY-MM-DD HH24:MI:SS.US TZH:TZM')";
+// A journal stream (proxy/journal.h) past this size between transactions is
+// replaced by the session state it amounts to.
+constexpr std::size_t kJournalStreamLimit = 1 << 20;
 // The source's transaction id of a transaction that wrote (NULL otherwise).
 constexpr std::string_view kXidQuery = "SELECT pg_catalog.pg_current_xact_id_if_assigned()::text";
 // Puts a transaction in the failed state (any error does).
@@ -541,6 +544,22 @@ awaitable<bool> ClientSession::runUnit(const Unit& u) {
   const protocol::DeterminismAnalysis* queryDet = u.isQuery ? &det : nullptr;
 
   catalogError_.reset();
+  if (journaling(m) && clientTx == 'I' && !implicitWrite_ &&
+      journalBytes_.size() > kJournalStreamLimit) {
+    // A session that keeps reading (each request's Parse reaches the journal)
+    // and seldom writes: between transactions its stream is nothing but
+    // session state, taken afresh from the source instead.
+    journalBytes_.clear();
+    journalReadies_ = 0;
+    std::string why;
+    if (!co_await copySessionState(a, m, why)) {
+      spdlog::warn("session {}: could not compact its journal stream: {}", id_, why);
+      if (!up_[a].conn) {
+        co_await lockstepLost(a);
+        co_return false;
+      }
+    }
+  }
   if (u.info.copyFrom && u.isQuery && !registry_.mirrorBroken()) {
     // COPY fills the defaults of the columns it does not list.
     bool fills = false;

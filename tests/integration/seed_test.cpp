@@ -222,6 +222,73 @@ TEST_F(Seed, AProxyKilledDuringSeedingKeepsItsJournalAndTheSeedRunsAgain) {
   EXPECT_EQ(target_->psql("SELECT count(*) FROM t"), "11");
 }
 
+// The proxy's side alone, driven through the admin API as the seed command
+// drives it, around a dump and restore made by hand: a session writes, sets
+// its search_path and prepares a statement, reads a lot through the extended
+// protocol (every Parse reaches its journal stream, which is compacted to
+// the session state past 1 MiB), then writes into an unqualified table and
+// through the prepared statement. The replay must write where the source did.
+TEST_F(Seed, JournalReplayKeepsSessionStateAcrossALongReadOnlyStretch) {
+  source_->psql(
+      "CREATE SCHEMA app; CREATE TABLE app.t (id serial PRIMARY KEY, v text, at timestamptz "
+      "DEFAULT now()); CREATE TABLE public.t (id int)");
+  PqConn c(proxy_->url());
+  ASSERT_TRUE(c.ok()) << c.error();
+  auto r = proxy_->http("POST", "/seed/start");
+  ASSERT_EQ(r.status, 200) << r.body;
+  std::smatch m;
+  ASSERT_TRUE(std::regex_search(r.body, m, std::regex("\"snapshot\":\"([^\"]+)\""))) << r.body;
+  const std::string snapshot = m[1].str();
+  // The first write opens the session's journal stream; the session state
+  // set after it lives in the stream until the next write, through the
+  // compactions of the read-only stretch.
+  c.execOrThrow("INSERT INTO app.t (v) VALUES ('first')");
+  c.execOrThrow("SET search_path = app");
+  ASSERT_TRUE(c.prepare("ins", "INSERT INTO t (v) VALUES ($1)").ok);
+  const std::string pad = "/* " + std::string(200, 'x') + " */ ";  // 15000 Parse: ~3.5 MiB
+  for (int i = 0; i < 15000; ++i) {
+    auto q =
+        c.execParams(pad + "SELECT count(*) FROM t WHERE v = $1 OR v IS NULL", {std::to_string(i)});
+    ASSERT_TRUE(q.ok) << q.error;
+  }
+  c.execOrThrow("INSERT INTO t (v) VALUES ('unqualified')");
+  ASSERT_TRUE(c.execPrepared("ins", {"prepared"}).ok);
+  // The dump and restore, by hand, from the snapshot the proxy exported.
+  const std::map<std::string, std::string> srcEnv{{"PGPASSWORD", source_->superPassword()}};
+  const std::map<std::string, std::string> tgtEnv{{"PGPASSWORD", target_->superPassword()}};
+  TempDir dir;
+  ProcessResult dump =
+      run({pgBinDir() + "/pg_dump", "-Fd", "-f", dir.path() + "/d", "--snapshot=" + snapshot, "-h",
+           "127.0.0.1", "-p", std::to_string(source_->port()), "-U", "postgres", "postgres"},
+          srcEnv, 60s);
+  ASSERT_EQ(dump.exitCode, 0) << dump.err;
+  ProcessResult restore =
+      run({pgBinDir() + "/pg_restore", "--no-owner", "--no-acl", "-h", "127.0.0.1", "-p",
+           std::to_string(target_->port()), "-U", "postgres", "-d", "postgres", dir.path() + "/d"},
+          tgtEnv, 60s);
+  ASSERT_EQ(restore.exitCode, 0) << restore.err;
+  // The dump holds none of the session's rows: they are all after the snapshot.
+  EXPECT_EQ(target_->psql("SELECT count(*) FROM app.t"), "0");
+  auto f = proxy_->http("POST", "/seed/finish");
+  ASSERT_EQ(f.status, 202) << f.body;
+  std::string seedState;
+  EXPECT_TRUE(waitFor(
+      [&] {
+        seedState = proxy_->http("GET", "/seed").body;
+        return seedState.find("\"stage\":\"catching-up\"") == std::string::npos;
+      },
+      30s, 100ms));
+  EXPECT_NE(seedState.find("\"stage\":\"done\""), std::string::npos) << seedState;
+  EXPECT_EQ(phase(), "mirror");
+  EXPECT_EQ(tableDigest(*source_, "app.t"), tableDigest(*target_, "app.t"));
+  EXPECT_EQ(target_->psql("SELECT string_agg(v, ',' ORDER BY id) FROM app.t"),
+            "first,unqualified,prepared");
+  EXPECT_EQ(target_->psql("SELECT count(*) FROM public.t"), "0");
+  // The session goes on in mirror with its state and its statement.
+  ASSERT_TRUE(c.execPrepared("ins", {"mirrored"}).ok);
+  EXPECT_EQ(tableDigest(*source_, "app.t"), tableDigest(*target_, "app.t"));
+}
+
 // --dry-run seeds a scratch database on the target server, reports the
 // timings, drops it, and leaves the proxy and the target alone.
 TEST_F(Seed, DryRunReportsTimingsAndTouchesNothing) {
