@@ -489,7 +489,8 @@ def scenario_large(dsn, prefix, ck, tables):
 # --------------------------------------------------------------------------- ledger
 
 def scenario_ledger(dsn, prefix, ck, tables):
-    """Writes for PGHANDOFF_LEDGER_SECONDS into a table the caller made
+    """Writes for PGHANDOFF_LEDGER_SECONDS (or until PGHANDOFF_LEDGER_STOP_FILE exists)
+    into a table the caller made
     (PGHANDOFF_LEDGER_TABLE, kept afterwards) and reports what was acknowledged,
     so the caller can check every acknowledged row on both servers. Its id,
     created_at and uuid come from column defaults; every error is a failure."""
@@ -501,7 +502,8 @@ def scenario_ledger(dsn, prefix, ck, tables):
     conn.autocommit = True
     acked = keysum = k = errors = 0
     deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
+    stop_file = os.environ.get("PGHANDOFF_LEDGER_STOP_FILE", "")  # the demo ends it so
+    while time.monotonic() < deadline and not (stop_file and os.path.exists(stop_file)):
         k += 1
         try:
             if k % 3 == 0:
