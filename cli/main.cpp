@@ -137,7 +137,7 @@ int runDemo() {
                  script.c_str());
     return 2;
   }
-  std::setenv("DEMO_NO_BUILD", "1", 1);
+  ::setenv("DEMO_NO_BUILD", "1", 1);
   ::execl(script.c_str(), script.c_str(), static_cast<char*>(nullptr));
   std::fprintf(stderr, "pghandoff demo: cannot run %s: %s\n", script.c_str(), std::strerror(errno));
   return 2;
