@@ -285,6 +285,9 @@ TEST_F(PhaseControllerTest, NoTransactionStraddlesAFlip) {
     auto r = runOn(io_, ctl_.flip(to, 2s, config::FlipOnTimeout::kAbandon, [] {}));
     ASSERT_EQ(r.status, 200) << r.json;
   }
+  // On a loaded machine the workers may not have run yet: the gate is open,
+  // give them the time to.
+  for (int i = 0; i < 500 && done.load() == 0; ++i) std::this_thread::sleep_for(10ms);
   stop = true;
   for (auto& w : workers) w.join();
   EXPECT_EQ(straddled.load(), 0);
