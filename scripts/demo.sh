@@ -128,7 +128,7 @@ load_pids="$!"
 PGHANDOFF_DSN="host=127.0.0.1 port=$pport user=app password=$app_pw dbname=shop sslmode=disable" \
   PGHANDOFF_LEDGER_TABLE=ledger PGHANDOFF_LEDGER_SECONDS=100000 PGHANDOFF_LEDGER_CLIENT=psycopg2 \
   PGHANDOFF_LEDGER_STOP_FILE="$stop" \
-  python3 tests/clients/psycopg2_client.py --scenario ledger --timeout 100000 > "$work/ledger.out" 2>&1 &
+  /usr/bin/python3 tests/clients/psycopg2_client.py --scenario ledger --timeout 100000 > "$work/ledger.out" 2>&1 &
 load_pids="$load_pids $!"
 sleep 2
 echo "   pgbench: new orders with their lines and a customer update per transaction (4 clients, 150 tx/s)"
@@ -159,6 +159,7 @@ load_pids=""
 
 echo "== summary"
 acked=$(grep -oE 'acked=[0-9]+' "$work/ledger.out" | tail -1 | cut -d= -f2 || true)
+[ -n "$acked" ] || { echo "   the psycopg2 client did not report:"; tail -5 "$work/ledger.out" | sed 's/^/     /'; }
 client_errors=$(grep -c '^FAIL' "$work/ledger.out" || true)
 on_target=$(sql "$tport" "SELECT count(*) FROM ledger WHERE client = 'psycopg2'")
 status=$(api "http://127.0.0.1:$aport/status")
