@@ -115,11 +115,11 @@ run_seed loaded 1
 loaded=$seed_time
 loaded_catchup=$catchup
 
-# verify throughput over the idle seed's result (no proxy: --no-pause)
+# verify throughput over the loaded seed's result, mirrored to the end (no proxy: --no-pause)
 cat > "$work/verify.yaml" <<YAML
 listen: 127.0.0.1:1
 source: { url: "postgres://postgres:$pw@127.0.0.1:$sport/postgres?sslmode=disable" }
-target: { url: "postgres://postgres:$pw@127.0.0.1:$tport/idle?sslmode=disable" }
+target: { url: "postgres://postgres:$pw@127.0.0.1:$tport/loaded?sslmode=disable" }
 client_tls: { mode: disable }
 auth: { method: scram-sha-256, users: [{ name: app, password: app }] }
 admin: { listen: ~ }
