@@ -220,6 +220,7 @@ class Progress {
   }
   void done() {
     if (tty_) std::printf("\n");
+    std::fflush(stdout);
   }
 
  private:
@@ -324,6 +325,7 @@ bool dumpAndRestore(const config::ConnInfo& src, const config::ConnInfo& tgt,
   }
   t.dump = seconds(Clock::now() - at);
   std::printf("dump     %.1f s, %s\n", t.dump, human(static_cast<double>(dirBytes(dir))).c_str());
+  std::fflush(stdout);
   // Restore.
   at = Clock::now();
   {
@@ -358,6 +360,7 @@ bool dumpAndRestore(const config::ConnInfo& src, const config::ConnInfo& tgt,
   }
   t.restore = seconds(Clock::now() - at);
   std::printf("restore  %.1f s (--jobs %d, --no-owner --no-acl)\n", t.restore, jobs);
+  std::fflush(stdout);
   return true;
 }
 

@@ -289,6 +289,54 @@ TEST_F(Seed, JournalReplayKeepsSessionStateAcrossALongReadOnlyStretch) {
   EXPECT_EQ(tableDigest(*source_, "app.t"), tableDigest(*target_, "app.t"));
 }
 
+// Ctrl-C during the restore (SIGINT to the command and its tools, as a
+// terminal sends it): the proxy goes back to source-only at once, what was
+// restored is dropped, the source is untouched. Then a crash at the same
+// point (SIGKILL to all of them): the proxy goes back when the lease lapses,
+// and the next seed clears the partial restore by itself and succeeds.
+TEST_F(Seed, InterruptedOrKilledDuringTheRestoreLeavesTheSourceAloneAndTheRerunStartsClean) {
+  source_->pgbenchInit(10);
+  const std::string before = tableDigest(*source_, "pgbench_branches");
+  auto userTables = [&] {
+    return target_->psql(
+        "SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE "
+        "n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg_toast%' "
+        "AND c.relkind = 'r'");
+  };
+  auto startSeed = [&](Process& p, const std::string& out) {
+    p.start({PGHANDOFF_BINARY, "seed", "--config", proxy_->configFile(), "--jobs", "1"}, {}, out);
+    // The dump is done (its line printed): the restore is under way.
+    return waitFor([&] { return readFile(out).find("dump     ") != std::string::npos; }, 120s,
+                   20ms);
+  };
+  TempDir dir;
+  {
+    Process p;
+    ASSERT_TRUE(startSeed(p, dir.path() + "/int.out")) << readFile(dir.path() + "/int.out");
+    ::kill(-p.pid(), SIGINT);
+    EXPECT_EQ(p.wait(60s), 130) << readFile(dir.path() + "/int.out");
+    const std::string out = readFile(dir.path() + "/int.out");
+    EXPECT_NE(out.find("back in source-only"), std::string::npos) << out;
+    EXPECT_EQ(phase(), "source-only");
+    EXPECT_EQ(userTables(), "0");
+  }
+  {
+    Process p;
+    ASSERT_TRUE(startSeed(p, dir.path() + "/kill.out")) << readFile(dir.path() + "/kill.out");
+    ::kill(-p.pid(), SIGKILL);
+    p.wait(10s);
+    EXPECT_EQ(phase(), "seeding");
+    EXPECT_TRUE(waitFor([&] { return phase() == "source-only"; }, 30s, 200ms)) << phase();
+  }
+  EXPECT_EQ(tableDigest(*source_, "pgbench_branches"), before);
+  ProcessResult again = seed();
+  EXPECT_EQ(again.exitCode, 0) << again.out << again.err;
+  EXPECT_EQ(phase(), "mirror");
+  for (const char* t : {"pgbench_accounts", "pgbench_branches", "pgbench_tellers"}) {
+    EXPECT_EQ(tableDigest(*source_, t), tableDigest(*target_, t)) << t;
+  }
+}
+
 // --dry-run seeds a scratch database on the target server, reports the
 // timings, drops it, and leaves the proxy and the target alone.
 TEST_F(Seed, DryRunReportsTimingsAndTouchesNothing) {
