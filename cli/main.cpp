@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "config/config.h"
+#include "migrate/cli_support.h"
 #include "migrate/commands.h"
 #include "proxy/admin.h"
 #include "proxy/asio.h"
@@ -19,6 +20,8 @@
 #include "proxy/server.h"
 
 namespace {
+
+using pghandoff::migrate::optionValue;
 
 constexpr const char* kUsage = R"(usage:
   pghandoff proxy  --config pghandoff.yaml     run the proxy
@@ -37,16 +40,6 @@ http://127.0.0.1:9187.
 int usage(int code) {
   std::fputs(kUsage, code == 0 ? stdout : stderr);
   return code;
-}
-
-std::string optionValue(const std::vector<std::string>& args, const std::string& name) {
-  for (std::size_t i = 0; i + 1 < args.size(); ++i) {
-    if (args[i] == name) return args[i + 1];
-  }
-  for (const auto& a : args) {
-    if (a.rfind(name + "=", 0) == 0) return a.substr(name.size() + 1);
-  }
-  return {};
 }
 
 int runProxy(const std::vector<std::string>& args) {

@@ -31,6 +31,7 @@
 #include "migrate/cli_support.h"
 #include "migrate/commands.h"
 #include "migrate/pg.h"
+#include "proxy/admin.h"
 
 namespace pghandoff::migrate {
 
@@ -430,36 +431,7 @@ std::string authoritativeSide(const std::string& phase) {
 }
 
 std::string jsonString(const std::string& s) {
-  std::string out = "\"";
-  for (unsigned char c : s) {
-    switch (c) {
-      case '"':
-        out += "\\\"";
-        break;
-      case '\\':
-        out += "\\\\";
-        break;
-      case '\n':
-        out += "\\n";
-        break;
-      case '\r':
-        out += "\\r";
-        break;
-      case '\t':
-        out += "\\t";
-        break;
-      default:
-        if (c < 0x20) {
-          char buf[8];
-          std::snprintf(buf, sizeof buf, "\\u%04x", c);
-          out += buf;
-        } else {
-          out += static_cast<char>(c);
-        }
-    }
-  }
-  out += '"';
-  return out;
+  return "\"" + proxy::jsonEscape(s) + "\"";
 }
 
 }  // namespace verify
