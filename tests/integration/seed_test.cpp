@@ -8,6 +8,7 @@
 // the seed can be run again.
 
 #include <gtest/gtest.h>
+#include <libpq-fe.h>
 #include <signal.h>
 
 #include <atomic>
@@ -76,6 +77,43 @@ class Seed : public ::testing::Test {
     env["PGHANDOFF_DSN"] = "host=127.0.0.1 port=" + env["PGPORT"] +
                            " user=app password=app-secret dbname=postgres sslmode=disable";
     return env;
+  }
+  // The seed command's steps by hand: the snapshot's name from POST /seed/start,
+  // a dump of it restored into the target, then POST /seed/finish and its end.
+  std::string startByHand() {
+    auto r = proxy_->http("POST", "/seed/start");
+    EXPECT_EQ(r.status, 200) << r.body;
+    std::smatch m;
+    EXPECT_TRUE(std::regex_search(r.body, m, std::regex("\"snapshot\":\"([^\"]+)\""))) << r.body;
+    return m.empty() ? std::string() : m[1].str();
+  }
+  void dumpAndRestoreByHand(const std::string& snapshot) {
+    const std::map<std::string, std::string> srcEnv{{"PGPASSWORD", source_->superPassword()}};
+    const std::map<std::string, std::string> tgtEnv{{"PGPASSWORD", target_->superPassword()}};
+    TempDir dir;
+    ProcessResult dump = run(
+        {pgBinDir() + "/pg_dump", "-Fd", "-f", dir.path() + "/d", "--snapshot=" + snapshot, "-h",
+         "127.0.0.1", "-p", std::to_string(source_->port()), "-U", "postgres", "postgres"},
+        srcEnv, 60s);
+    ASSERT_EQ(dump.exitCode, 0) << dump.err;
+    ProcessResult restore = run(
+        {pgBinDir() + "/pg_restore", "--no-owner", "--no-acl", "-h", "127.0.0.1", "-p",
+         std::to_string(target_->port()), "-U", "postgres", "-d", "postgres", dir.path() + "/d"},
+        tgtEnv, 60s);
+    ASSERT_EQ(restore.exitCode, 0) << restore.err;
+  }
+  void finishByHand() {
+    auto f = proxy_->http("POST", "/seed/finish");
+    ASSERT_EQ(f.status, 202) << f.body;
+    std::string state;
+    EXPECT_TRUE(waitFor(
+        [&] {
+          state = proxy_->http("GET", "/seed").body;
+          return state.find("\"stage\":\"catching-up\"") == std::string::npos;
+        },
+        30s, 100ms));
+    EXPECT_NE(state.find("\"stage\":\"done\""), std::string::npos) << state;
+    EXPECT_EQ(phase(), "mirror");
   }
   std::unique_ptr<PgCluster> source_, target_;
   std::unique_ptr<ProxyProcess> proxy_;
@@ -335,6 +373,78 @@ TEST_F(Seed, InterruptedOrKilledDuringTheRestoreLeavesTheSourceAloneAndTheRerunS
   for (const char* t : {"pgbench_accounts", "pgbench_branches", "pgbench_tellers"}) {
     EXPECT_EQ(tableDigest(*source_, t), tableDigest(*target_, t)) << t;
   }
+}
+
+// Writes in an implicit transaction of the extended protocol spread over
+// Flush batches (libpq pipeline mode with flush requests; large JDBC batches
+// look the same to the proxy): the Sync commits them, so the source's
+// transaction id is asked through the extended protocol (a simple Query would
+// commit the implicit transaction). Both rows reach the target, once.
+TEST_F(Seed, AnImplicitTransactionOverFlushBatchesIsJournaledWhole) {
+  source_->psql("CREATE TABLE p (id int PRIMARY KEY, v text)");
+  PqConn c(proxy_->url());
+  ASSERT_TRUE(c.ok()) << c.error();
+  const std::string snapshot = startByHand();
+  c.execOrThrow("INSERT INTO p (id, v) VALUES (0, 'opens the journal')");
+  ASSERT_EQ(PQenterPipelineMode(c.raw()), 1);
+  for (int i = 1; i <= 3; ++i) {
+    const std::string id = std::to_string(i);
+    const char* values[] = {id.c_str()};
+    ASSERT_EQ(PQsendQueryParams(c.raw(), "INSERT INTO p (id, v) VALUES ($1, 'piped')", 1, nullptr,
+                                values, nullptr, nullptr, 0),
+              1);
+    ASSERT_EQ(PQsendFlushRequest(c.raw()), 1);
+    ASSERT_EQ(PQflush(c.raw()), 0);
+    std::this_thread::sleep_for(50ms);  // each its own Flush batch at the proxy
+  }
+  ASSERT_EQ(PQpipelineSync(c.raw()), 1);
+  int results = 0;
+  bool synced = false;
+  while (!synced) {
+    PGresult* r = PQgetResult(c.raw());
+    if (r == nullptr) continue;
+    const auto st = PQresultStatus(r);
+    if (st == PGRES_PIPELINE_SYNC) synced = true;
+    if (st == PGRES_COMMAND_OK) ++results;
+    EXPECT_NE(st, PGRES_FATAL_ERROR) << PQresultErrorMessage(r);
+    PQclear(r);
+  }
+  EXPECT_EQ(results, 3);
+  // Again, ending in a duplicate key in the unit with the Sync: the implicit
+  // transaction is all or nothing — the proxy's own question before the
+  // commit must not have committed the first rows.
+  for (int i = 11; i <= 13; ++i) {
+    const std::string id = std::to_string(i == 13 ? 11 : i);
+    const char* values[] = {id.c_str()};
+    ASSERT_EQ(PQsendQueryParams(c.raw(), "INSERT INTO p (id, v) VALUES ($1, 'undone')", 1, nullptr,
+                                values, nullptr, nullptr, 0),
+              1);
+    if (i < 13) {
+      ASSERT_EQ(PQsendFlushRequest(c.raw()), 1);
+      ASSERT_EQ(PQflush(c.raw()), 0);
+      std::this_thread::sleep_for(50ms);
+    }
+  }
+  ASSERT_EQ(PQpipelineSync(c.raw()), 1);
+  int errors = 0;
+  synced = false;
+  while (!synced) {
+    PGresult* r = PQgetResult(c.raw());
+    if (r == nullptr) continue;
+    const auto st = PQresultStatus(r);
+    if (st == PGRES_PIPELINE_SYNC) synced = true;
+    if (st == PGRES_FATAL_ERROR) ++errors;
+    PQclear(r);
+  }
+  EXPECT_EQ(errors, 1);
+  ASSERT_EQ(PQexitPipelineMode(c.raw()), 1);
+  EXPECT_EQ(source_->psql("SELECT count(*) FROM p"), "4");
+  EXPECT_EQ(source_->psql("SELECT count(*) FROM p WHERE v = 'undone'"), "0");
+  dumpAndRestoreByHand(snapshot);
+  finishByHand();
+  EXPECT_EQ(tableDigest(*source_, "p"), tableDigest(*target_, "p"));
+  EXPECT_EQ(target_->psql("SELECT count(*) FROM p WHERE v = 'piped'"), "3");
+  EXPECT_EQ(target_->psql("SELECT count(*) FROM p WHERE v = 'undone'"), "0");
 }
 
 // --dry-run seeds a scratch database on the target server, reports the
