@@ -70,21 +70,6 @@ INSERT INTO shop.items (data, span, day)
   FROM generate_series(1, 2000) g;
 )SQL";
 
-std::string yamlQuote(const std::string& s) {
-  std::string out = "\"";
-  for (const char c : s) {
-    if (c == '$') {
-      out += "$$";
-    } else if (c == '"' || c == '\\') {
-      out += '\\';
-      out += c;
-    } else {
-      out += c;
-    }
-  }
-  return out + "\"";
-}
-
 struct Verdict {
   ProcessResult run;
   json::object report;  // empty unless --json printed one object

@@ -73,32 +73,6 @@ std::string percentDecode(const std::string& s) {
   return out;
 }
 
-// YAML double-quoted scalar; '$' doubled because the config expands
-// ${VAR} and reads $$ as a literal $ (SCRAM verifiers are full of them).
-std::string yamlQuote(const std::string& s) {
-  std::string out = "\"";
-  for (const char c : s) {
-    switch (c) {
-      case '$':
-        out += "$$";
-        break;
-      case '"':
-        out += "\\\"";
-        break;
-      case '\\':
-        out += "\\\\";
-        break;
-      case '\n':
-        out += "\\n";
-        break;
-      default:
-        out.push_back(c);
-    }
-  }
-  out.push_back('"');
-  return out;
-}
-
 struct Sample {
   std::string name;
   std::vector<std::pair<std::string, std::string>> labels;  // sorted
@@ -159,6 +133,32 @@ std::optional<Sample> parseSample(const std::string& line) {
 }
 
 }  // namespace
+
+// YAML double-quoted scalar; '$' doubled because the config expands
+// ${VAR} and reads $$ as a literal $ (SCRAM verifiers are full of them).
+std::string yamlQuote(const std::string& s) {
+  std::string out = "\"";
+  for (const char c : s) {
+    switch (c) {
+      case '$':
+        out += "$$";
+        break;
+      case '"':
+        out += "\\\"";
+        break;
+      case '\\':
+        out += "\\\\";
+        break;
+      case '\n':
+        out += "\\n";
+        break;
+      default:
+        out.push_back(c);
+    }
+  }
+  out.push_back('"');
+  return out;
+}
 
 HttpResponse httpRequest(uint16_t port, const std::string& method, const std::string& path,
                          const std::string& body, const std::map<std::string, std::string>& headers,

@@ -110,6 +110,10 @@ class ProxyProcess {
   uint16_t adminPort_ = 0;
 };
 
+// A YAML double-quoted scalar for a config file; '$' doubled (the config
+// expands ${VAR} and reads $$ as a literal $).
+std::string yamlQuote(const std::string& s);
+
 // Database name of a libpq URL or key=value conninfo ("postgres" if none).
 std::string databaseOf(const std::string& urlOrConninfo);
 

@@ -3,9 +3,10 @@
 // the reports render as text and as JSON.
 
 #include "migrate/check.h"
-#include "tests/support/json.h"
 
 #include <gtest/gtest.h>
+
+#include <boost/json/src.hpp>
 
 #include <cctype>
 #include <optional>
@@ -17,8 +18,7 @@
 namespace pghandoff::migrate::check {
 namespace {
 
-using pghandoff::test::Json;
-using pghandoff::test::JsonReader;
+namespace json = boost::json;
 
 // Two matching, healthy PostgreSQL 15 servers; each test changes what it needs.
 Facts server(const std::string& side) {
@@ -385,52 +385,55 @@ TEST(CheckRender, JsonIsOneObjectWithTheReportsFields) {
   t.userObjects = {"table public.t"};
   const auto r = evaluate(s, t, options());
   const std::string text = renderJson(r);
-  const auto json = JsonReader::parse(text);
-  ASSERT_TRUE(json.has_value()) << text;
-  ASSERT_EQ(json->kind, Json::Kind::kObject);
+  boost::system::error_code ec;
+  const json::value parsed = json::parse(text, ec);
+  ASSERT_FALSE(ec) << text;
+  ASSERT_TRUE(parsed.is_object()) << text;
+  const json::object& o = parsed.as_object();
 
-  const Json* go = json->get("go");
+  const json::value* go = o.if_contains("go");
   ASSERT_NE(go, nullptr);
-  ASSERT_EQ(go->kind, Json::Kind::kBool);
-  EXPECT_FALSE(go->boolean);
+  ASSERT_TRUE(go->is_bool());
+  EXPECT_FALSE(go->as_bool());
 
-  const Json* blockers = json->get("blockers");
+  const json::value* blockers = o.if_contains("blockers");
   ASSERT_NE(blockers, nullptr);
-  ASSERT_EQ(blockers->kind, Json::Kind::kArray);
-  ASSERT_EQ(blockers->array.size(), 1u);
-  EXPECT_EQ(blockers->array[0].kind, Json::Kind::kString);
-  EXPECT_EQ(blockers->array[0].string.rfind("target is empty: ", 0), 0u);
+  ASSERT_TRUE(blockers->is_array());
+  ASSERT_EQ(blockers->as_array().size(), 1u);
+  ASSERT_TRUE(blockers->as_array()[0].is_string());
+  EXPECT_EQ(std::string(blockers->as_array()[0].as_string()).rfind("target is empty: ", 0), 0u);
 
-  const Json* warnings = json->get("warnings");
+  const json::value* warnings = o.if_contains("warnings");
   ASSERT_NE(warnings, nullptr);
-  ASSERT_EQ(warnings->kind, Json::Kind::kArray);
-  ASSERT_EQ(warnings->array.size(), 1u);
-  EXPECT_NE(warnings->array[0].string.find("\"we\"\"ird\\name\nx\""), std::string::npos);
+  ASSERT_TRUE(warnings->is_array());
+  ASSERT_EQ(warnings->as_array().size(), 1u);
+  EXPECT_NE(std::string(warnings->as_array()[0].as_string()).find("\"we\"\"ird\\name\nx\""),
+            std::string::npos);
 
-  const Json* checks = json->get("checks");
+  const json::value* checks = o.if_contains("checks");
   ASSERT_NE(checks, nullptr);
-  ASSERT_EQ(checks->kind, Json::Kind::kArray);
-  ASSERT_EQ(checks->array.size(), r.items.size());
-  for (const auto& c : checks->array) {
-    ASSERT_EQ(c.kind, Json::Kind::kObject);
+  ASSERT_TRUE(checks->is_array());
+  ASSERT_EQ(checks->as_array().size(), r.items.size());
+  for (const auto& c : checks->as_array()) {
+    ASSERT_TRUE(c.is_object());
     for (const char* key : {"name", "status", "detail"}) {
-      ASSERT_NE(c.get(key), nullptr) << key;
-      EXPECT_EQ(c.get(key)->kind, Json::Kind::kString) << key;
+      ASSERT_NE(c.as_object().if_contains(key), nullptr) << key;
+      EXPECT_TRUE(c.as_object().at(key).is_string()) << key;
     }
-    const std::string& st = c.get("status")->string;
+    const std::string st(c.as_object().at("status").as_string());
     EXPECT_TRUE(st == "ok" || st == "warn" || st == "blocker") << st;
   }
 
   for (const char* side : {"source", "target"}) {
-    const Json* o = json->get(side);
-    ASSERT_NE(o, nullptr) << side;
-    ASSERT_EQ(o->kind, Json::Kind::kObject);
+    const json::value* v = o.if_contains(side);
+    ASSERT_NE(v, nullptr) << side;
+    ASSERT_TRUE(v->is_object());
     for (const char* key : {"version", "database", "size"}) {
-      ASSERT_NE(o->get(key), nullptr) << side << "." << key;
+      ASSERT_NE(v->as_object().if_contains(key), nullptr) << side << "." << key;
     }
   }
-  EXPECT_EQ(json->get("source")->get("size")->string, "1234 MB");
-  EXPECT_EQ(json->get("target")->get("version")->string, "15.4");
+  EXPECT_EQ(o.at("source").at("size").as_string(), "1234 MB");
+  EXPECT_EQ(o.at("target").at("version").as_string(), "15.4");
 }
 
 TEST(CheckRender, TextEndsWithGoOrTheNumberOfBlockers) {
