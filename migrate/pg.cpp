@@ -2,6 +2,8 @@
 
 #include <cstring>
 
+#include "proxy/insert_pin.h"
+
 namespace pghandoff::migrate {
 
 namespace {
@@ -101,13 +103,7 @@ std::string PgConn::literal(std::string_view value) const {
 }
 
 std::string quoteIdent(std::string_view name) {
-  std::string out = "\"";
-  for (char c : name) {
-    if (c == '"') out += '"';
-    out += c;
-  }
-  out += '"';
-  return out;
+  return proxy::sqlIdentifier(name);
 }
 
 std::string qualified(std::string_view schema, std::string_view name) {
