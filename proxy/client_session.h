@@ -270,6 +270,8 @@ class ClientSession : public std::enable_shared_from_this<ClientSession> {
   awaitable<bool> mirrorExtended(bool ready);
   awaitable<bool> runUnit(const Unit& u);
   awaitable<bool> mirrorCommit(const Unit& u, int a, int m);
+  // A side's answer to a commit request (`u`) says it committed.
+  [[nodiscard]] static bool commitAnswered(const Unit& u, const Outcome& o);
   // Phase seeding, at a commit that the journal stands in for the target:
   // the transaction so far, with the source's transaction id, written
   // durably before the source commits (`seq` set; 0 when the transaction

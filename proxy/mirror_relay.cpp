@@ -1572,6 +1572,11 @@ awaitable<bool> ClientSession::failBoth(FailBoth f, std::string why) {
   co_return co_await answer(f.ready, st);
 }
 
+bool ClientSession::commitAnswered(const Unit& u, const Outcome& o) {
+  return !o.error && o.txStatus == 'I' &&
+         (u.implicitCommit || onlyTag(o.results, expectedCommitTag(u.info.tx)));
+}
+
 // COMMIT (or PREPARE TRANSACTION, COMMIT PREPARED, or the Sync that ends an
 // implicit transaction) of an open transaction: the mirror first, so that a
 // mirror that cannot commit leaves the authoritative transaction to roll back.
@@ -1606,11 +1611,7 @@ awaitable<bool> ClientSession::mirrorCommit(const Unit& u, int a, int m) {
       co_await lockstepLost(a);
       co_return false;
     }
-    if (seq != 0) {
-      journal->outcome(seq,
-                       !ao.error && ao.txStatus == 'I' &&
-                           (u.implicitCommit || onlyTag(ao.results, expectedCommitTag(u.info.tx))));
-    }
+    if (seq != 0) journal->outcome(seq, commitAnswered(u, ao));
     co_return co_await answer(u.ready, ao.txStatus);
   }
 
@@ -1679,8 +1680,7 @@ awaitable<bool> ClientSession::mirrorCommit(const Unit& u, int a, int m) {
   metrics().queriesTotal(sideLabel(m), labels::QueryKind::kWrite).inc();
   Outcome mo;
   bool sent = co_await exchange(m, u.bytes, Sink::kDiscard, mo, expect);
-  const bool committed = sent && !mo.error && mo.txStatus == 'I' &&
-                         (u.implicitCommit || onlyTag(mo.results, expectedCommitTag(u.info.tx)));
+  const bool committed = sent && commitAnswered(u, mo);
   if (!committed) {
     mirrorFailed(m, sent ? MirrorErrorReason::kCommitFailed : MirrorErrorReason::kTargetDown,
                  sent ? "commit answered " + summary(mo.results) : "connection lost");
