@@ -216,6 +216,7 @@ TEST_F(Seed, ALapsedLeaseGoesBackToSourceOnly) {
   EXPECT_TRUE(std::filesystem::exists(proxy_->stateDir() + "/journal"));
   EXPECT_TRUE(waitFor([&] { return phase() == "source-only"; }, 30s, 200ms)) << phase();
   EXPECT_FALSE(std::filesystem::exists(proxy_->stateDir() + "/journal"));
+  EXPECT_EQ(proxy_->metric("pghandoff_journal_bytes"), 0.0);
   EXPECT_EQ(source_->psql("SELECT count(*) FROM t"), "1");
   PqConn c(proxy_->url());
   ASSERT_TRUE(c.ok()) << c.error();
@@ -237,6 +238,11 @@ TEST_F(Seed, AProxyKilledDuringSeedingKeepsItsJournalAndTheSeedRunsAgain) {
   }
   const auto size = std::filesystem::file_size(proxy_->stateDir() + "/journal");
   EXPECT_GT(size, 200u);
+  // SPEC §6: journal_bytes, the journal's size on disk (sampled every second).
+  EXPECT_TRUE(
+      waitFor([&] { return proxy_->metric("pghandoff_journal_bytes") >= double(size); }, 5s, 100ms))
+      << proxy_->metric("pghandoff_journal_bytes");
+  EXPECT_EQ(proxy_->metric(R"(pghandoff_phase{phase="seeding"})"), 1.0);
   proxy_->signal(SIGKILL);
   proxy_->waitExit(10s);
   proxy_->restart();
