@@ -590,9 +590,11 @@ std::string renderJson(const Report& report) {
 namespace {
 
 // Schemas that hold the database's own objects (not the catalogs, not TOAST,
-// not other sessions' temporary schemas). `n` is pg_namespace.
+// not other sessions' temporary schemas, not the proxy's own pghandoff).
+// `n` is pg_namespace.
 constexpr const char* kUserSchema =
-    "n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname !~ '^pg_(toast|temp_)'";
+    "n.nspname NOT IN ('pg_catalog', 'information_schema', 'pghandoff') AND "
+    "n.nspname !~ '^pg_(toast|temp_)'";
 
 // Objects that belong to an extension are not dumped one by one (CREATE
 // EXTENSION brings them). `catalog` and `oid` name the object.

@@ -232,11 +232,13 @@ class Progress {
   Clock::time_point lastPlain_{};
 };
 
-// User objects in the target database (what a seed would collide with).
+// User objects in the target database (what a seed would collide with; the
+// proxy's own schema, pghandoff, is not the application's).
 long long targetObjects(PgConn& t) {
   return std::stoll(t.value(
       "SELECT count(*) FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = "
-      "c.relnamespace WHERE n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname "
+      "c.relnamespace WHERE n.nspname NOT IN ('pg_catalog', 'information_schema', 'pghandoff') "
+      "AND n.nspname "
       "NOT LIKE 'pg\\_toast%' AND n.nspname NOT LIKE 'pg\\_temp%' AND c.relkind IN "
       "('r','p','S','v','m','f')"));
 }
@@ -300,6 +302,8 @@ bool dumpAndRestore(const config::ConnInfo& src, const config::ConnInfo& tgt,
         pgDump,          "--format=directory", "--jobs=" + std::to_string(jobs),
         "--file=" + dir, "--verbose",          "--no-sync"};
     if (!snapshot.empty()) argv.push_back("--snapshot=" + snapshot);
+    // The proxy's own schema (an async mirror's replay position) stays out.
+    argv.push_back("--exclude-schema=pghandoff");
     auto r = runTool(
         argv, pgEnv(src, ""),
         [&](const std::string& line) {

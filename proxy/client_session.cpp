@@ -477,12 +477,12 @@ awaitable<bool> ClientSession::authenticateMd5(const std::string& user, const Us
 // Login to the servers
 
 awaitable<bool> ClientSession::connectSide(int idx, bool first, std::string* failure) {
-  if (idx == kTargetIdx && !first && journals(txPhase_)) {
-    // Phase seeding: the journal stands in for the target. It gets the
-    // session state the way a late server session would.
+  if (!first && idx == journalSide(txPhase_)) {
+    // The journal stands in for this side (seeding, or an async mirror). It
+    // gets the session state the way a late server session would.
     auto journal = registry_.journal();
     if (!journal || journal->failed()) {
-      if (failure != nullptr) *failure = "no catch-up journal is open";
+      if (failure != nullptr) *failure = "the journal could not be written";
       co_return false;
     }
     Upstream& j = up_[idx];
@@ -493,14 +493,15 @@ awaitable<bool> ClientSession::connectSide(int idx, bool first, std::string* fai
     journalBytes_.clear();
     journalReadies_ = 0;
     std::string why;
-    bool copied = !up_[kSourceIdx].conn;
-    if (!copied) copied = co_await copySessionState(kSourceIdx, idx, why);
+    const int other = idx == kTargetIdx ? kSourceIdx : kTargetIdx;
+    bool copied = !up_[other].conn;
+    if (!copied) copied = co_await copySessionState(other, idx, why);
     if (!copied) {
       closeSide(idx);
       if (failure != nullptr) *failure = "could not copy the session state: " + why;
       co_return false;
     }
-    spdlog::debug("session {}: recording writes in the catch-up journal", id_);
+    spdlog::debug("session {}: recording writes for the {} in the journal", id_, sideName(idx));
     co_return true;
   }
   const config::ConnInfo& info = idx == kTargetIdx ? *rt_->target : rt_->source;
@@ -614,13 +615,15 @@ awaitable<bool> ClientSession::arrangeSides() {
   int auth = targetAuthoritative(p) ? kTargetIdx : kSourceIdx;
   if (lockstepPhase(p)) {
     mode_ = Mode::kLockstep;
-    // The target side is a server while mirroring and the journal while
-    // seeding (a journal of an earlier seed is given up); the other is
-    // ended, and the right one opened when a request needs it.
-    if (up_[kTargetIdx].journal && (!journals(p) || registry_.journal() != journal_)) {
-      closeSide(kTargetIdx);
+    // A side is a journal while seeding (the target) and under an async
+    // mirror (the side that is not authoritative), else a server; a journal
+    // given up (an earlier seed, a flip) is left. What does not fit is ended,
+    // and the right one opened when a request needs it.
+    const int js = journalSide(p);
+    for (int i : {kSourceIdx, kTargetIdx}) {
+      if (up_[i].journal && (i != js || registry_.journal() != journal_)) closeSide(i);
     }
-    if (up_[kTargetIdx].conn && journals(p)) closeSide(kTargetIdx);
+    if (js >= 0 && up_[js].conn) closeSide(js);
     // The authoritative side must be there; the mirror may fail to open,
     // which mirror.on_target_error handles per request.
     if (!up_[auth].conn) {

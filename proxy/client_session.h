@@ -90,9 +90,9 @@ class ClientSession : public std::enable_shared_from_this<ClientSession> {
     tcp::endpoint endpoint;
     char txStatus = 'I';   // as its last ReadyForQuery said (lockstep)
     bool writing = false;  // a write to it is in progress
-    // Phase seeding: the target side is the catch-up journal (proxy/journal.h),
-    // not a server: what it is sent is recorded, its answers are the
-    // authoritative side's.
+    // Phase seeding (the target) or an async mirror (the side that is not
+    // authoritative): the side is a journal (proxy/journal.h), not a server:
+    // what it is sent is recorded, its answers are the authoritative side's.
     bool journal = false;
   };
   [[nodiscard]] bool hasSide(int idx) const {
@@ -126,12 +126,24 @@ class ClientSession : public std::enable_shared_from_this<ClientSession> {
     if (!lockstepPhase(p)) {
       return mode_ == Mode::kStream && relay_ == (targetAuthoritative(p) ? 1 : 0);
     }
-    // Seeding records in the journal of the seed under way; the other
-    // lockstep phases write to the target server.
-    const Upstream& t = up_[kTargetIdx];
-    if (t.journal)
-      return mode_ == Mode::kLockstep && journals(p) && registry_.journal() == journal_;
-    return mode_ == Mode::kLockstep && !(t.conn && journals(p));
+    // The journal stands in for one side when the phase has one (the
+    // seed's, or an async mirror's: the server sets it); the journal it is
+    // must be the current one.
+    const int js = journalSide(p);
+    for (int i : {kSourceIdx, kTargetIdx}) {
+      if (up_[i].journal) {
+        return mode_ == Mode::kLockstep && i == js && registry_.journal() == journal_;
+      }
+    }
+    return mode_ == Mode::kLockstep && !(js >= 0 && up_[js].conn);
+  }
+  // The side a journal stands in for in phase `p`: the target while seeding,
+  // the side that is not authoritative under mirror.mode async (the server
+  // sets the registry's journal for the phases that use one); -1 when both
+  // sides are servers.
+  [[nodiscard]] int journalSide(Phase p) const {
+    if (!lockstepPhase(p) || !registry_.journal()) return -1;
+    return targetAuthoritative(p) ? kSourceIdx : kTargetIdx;
   }
 
   // ---- the lockstep relay of the phases that write to both servers
@@ -279,7 +291,10 @@ class ClientSession : public std::enable_shared_from_this<ClientSession> {
   // the authoritative side is lost.
   awaitable<bool> journalCommit(int a, bool implicit, protocol::Bytes commit,
                                 std::uint32_t commitReadies, std::uint64_t& seq);
-  std::shared_ptr<Journal> journal_;        // while up_[kTargetIdx].journal
+  // After journalCommit under mirror.mode async: the transaction wrote but
+  // the journal could not take it (a write or fsync error).
+  bool journalFailed_ = false;
+  std::shared_ptr<Journal> journal_;        // while a side is a journal
   std::uint64_t journalSession_ = 0;        // its number in the journal
   std::vector<std::uint8_t> journalBytes_;  // the stream since the last journal transaction
   std::uint32_t journalReadies_ = 0;        // ReadyForQuery answers that stream draws

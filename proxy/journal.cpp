@@ -6,14 +6,16 @@
 
 #include <array>
 #include <cerrno>
+#include <chrono>
 #include <cstring>
+#include <random>
 #include <stdexcept>
 
 namespace pghandoff::proxy {
 
 namespace {
 
-constexpr std::string_view kHeader = "PGHJOURNAL1\n";
+constexpr std::string_view kHeader = "PGHJOURNAL2\n";
 constexpr std::uint32_t kMaxRecord = 1u << 30;
 
 void put64(std::vector<std::uint8_t>& out, std::uint64_t v) {
@@ -148,8 +150,16 @@ void encodeTxRecord(const JournalTx& tx, std::vector<std::uint8_t>& out) {
   put64(out, tx.xid);
   put32(out, tx.readies);
   put32(out, tx.commitReadies);
+  put64(out, tx.at);
+  out.push_back(tx.implicit ? 1 : 0);
   putBytes(out, tx.bytes);
   putBytes(out, tx.commit);
+  finishRecord(out, start);
+}
+
+void encodeJournalIdRecord(std::uint64_t id, std::vector<std::uint8_t>& out) {
+  const std::size_t start = beginRecord(out, 'I');
+  put64(out, id);
   finishRecord(out, start);
 }
 
@@ -200,11 +210,18 @@ std::size_t parseJournalRecords(protocol::Bytes data, JournalContents& out) {
         tx.xid = c.u64();
         tx.readies = c.u32();
         tx.commitReadies = c.u32();
+        tx.at = c.u64();
+        tx.implicit = c.u8() != 0;
         auto b = c.bytes();
         tx.bytes.assign(b.begin(), b.end());
         auto m = c.bytes();
         tx.commit.assign(m.begin(), m.end());
         if (c.ok) out.txs.push_back(std::move(tx));
+        break;
+      }
+      case 'I': {
+        const std::uint64_t id = c.u64();
+        if (c.ok) out.id = id;
         break;
       }
       case 'O': {
@@ -251,12 +268,17 @@ std::shared_ptr<Journal> Journal::create(const std::filesystem::path& file) {
   if (fd < 0) fail("cannot create the journal", file);
   std::vector<std::uint8_t> header;
   encodeJournalHeader(header);
+  std::random_device rd;
+  const std::uint64_t id =
+      (std::uint64_t{rd()} << 32 | rd()) ^
+      static_cast<std::uint64_t>(std::chrono::system_clock::now().time_since_epoch().count());
+  encodeJournalIdRecord(id, header);
   if (!writeAll(fd, header.data(), header.size()) || ::fdatasync(fd) != 0) {
     ::close(fd);
     fail("cannot write the journal", file);
   }
   syncDir(file);
-  return std::shared_ptr<Journal>(new Journal(file, fd, header.size(), 1, 1));
+  return std::shared_ptr<Journal>(new Journal(file, fd, header.size(), 1, 1, id));
 }
 
 std::shared_ptr<Journal> Journal::reopen(const std::filesystem::path& file) {
@@ -294,15 +316,15 @@ std::shared_ptr<Journal> Journal::reopen(const std::filesystem::path& file) {
   std::uint64_t seq = 0, session = 0;
   for (const auto& tx : contents->txs) seq = std::max(seq, tx.seq);
   for (const auto& s : contents->sessions) session = std::max(session, s.first);
-  auto j =
-      std::shared_ptr<Journal>(new Journal(file, fd, contents->validBytes, seq + 1, session + 1));
+  auto j = std::shared_ptr<Journal>(
+      new Journal(file, fd, contents->validBytes, seq + 1, session + 1, contents->id));
   j->txCount_ = contents->txs.size();
   return j;
 }
 
 Journal::Journal(std::filesystem::path file, int fd, std::uint64_t size, std::uint64_t nextSeq,
-                 std::uint64_t nextSession)
-    : file_(std::move(file)), fd_(fd), nextSeq_(nextSeq), nextSession_(nextSession) {
+                 std::uint64_t nextSession, std::uint64_t id)
+    : file_(std::move(file)), id_(id), fd_(fd), nextSeq_(nextSeq), nextSession_(nextSession) {
   durable_ = size;
   writer_ = std::thread([this] { writerLoop(); });
 }

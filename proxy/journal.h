@@ -18,9 +18,10 @@
 // (and not in the dump's snapshot) with their commit, the others aborted
 // (their session state — SET, prepared statements — still carried over).
 //
-// The file: "PGHJOURNAL1\n", then records [u32 length][u8 type][payload]
-// [u32 crc32 of type+payload]. A torn tail (a crash mid-write) ends the
-// journal at the last whole record.
+// The file: "PGHJOURNAL2\n", then records [u32 length][u8 type][payload]
+// [u32 crc32 of type+payload]: 'I' the journal's random id, 'S' a
+// session's startup parameters, 'T' a transaction, 'O' an outcome. A torn tail (a crash mid-write)
+// ends the journal at the last whole record.
 #pragma once
 
 #include <atomic>
@@ -49,6 +50,8 @@ struct JournalTx {
   std::uint64_t xid = 0;      // the source's full transaction id (xid8)
   std::uint32_t readies = 0;  // ReadyForQuery messages `bytes` draws from a server
   std::uint32_t commitReadies = 0;
+  std::uint64_t at = 0;              // when it was journaled (microseconds since the epoch)
+  bool implicit = false;             // an implicit transaction (extended protocol, no BEGIN)
   std::vector<std::uint8_t> bytes;   // the session's stream up to the commit
   std::vector<std::uint8_t> commit;  // the commit request itself
 };
@@ -57,6 +60,7 @@ struct JournalContents {
   std::map<std::uint64_t, StartupParams> sessions;
   std::vector<JournalTx> txs;              // in sequence order
   std::map<std::uint64_t, bool> outcomes;  // seq -> committed
+  std::uint64_t id = 0;                    // the journal's own random number
   std::size_t validBytes = 0;              // up to the last whole record
   bool torn = false;                       // damaged or partial records after it
 };
@@ -66,6 +70,7 @@ void encodeJournalHeader(std::vector<std::uint8_t>& out);
 void encodeSessionRecord(std::uint64_t session, const StartupParams& params,
                          std::vector<std::uint8_t>& out);
 void encodeTxRecord(const JournalTx& tx, std::vector<std::uint8_t>& out);
+void encodeJournalIdRecord(std::uint64_t id, std::vector<std::uint8_t>& out);
 void encodeOutcomeRecord(std::uint64_t seq, bool committed, std::vector<std::uint8_t>& out);
 // nullopt when the header is wrong (not a journal).
 std::optional<JournalContents> parseJournal(protocol::Bytes data);
@@ -78,8 +83,8 @@ std::uint32_t crc32(protocol::Bytes data, std::uint32_t crc = 0);
 
 class Journal {
  public:
-  // A new, empty journal at `file` (an older one is replaced). Throws
-  // std::runtime_error naming the file.
+  // A new, empty journal at `file` (an older one is replaced), with a
+  // random id of its own. Throws std::runtime_error naming the file.
   static std::shared_ptr<Journal> create(const std::filesystem::path& file);
   // An existing journal, appended to after its last whole record (a torn
   // tail is cut off). Throws std::runtime_error.
@@ -100,6 +105,9 @@ class Journal {
 
   [[nodiscard]] std::uint64_t durableBytes() const { return durable_.load(); }
   [[nodiscard]] std::uint64_t transactions() const { return txCount_.load(); }
+  // Tells this journal from any other (an async mirror's replay position
+  // names the journal it belongs to).
+  [[nodiscard]] std::uint64_t id() const { return id_; }
   [[nodiscard]] bool failed() const { return failed_.load(); }
   [[nodiscard]] const std::filesystem::path& file() const { return file_; }
   // Stops the writer (what is queued is written first).
@@ -112,10 +120,11 @@ class Journal {
     bool ok = false;
   };
   Journal(std::filesystem::path file, int fd, std::uint64_t size, std::uint64_t nextSeq,
-          std::uint64_t nextSession);
+          std::uint64_t nextSession, std::uint64_t id);
   void writerLoop();
 
   std::filesystem::path file_;
+  std::uint64_t id_ = 0;
   int fd_ = -1;
   std::atomic<std::uint64_t> durable_{0};
   std::atomic<std::uint64_t> txCount_{0};

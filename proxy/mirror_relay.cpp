@@ -1118,6 +1118,16 @@ awaitable<bool> ClientSession::settle(const Unit& u, FailBoth fb, const Outcome&
       co_await lockstepLost(a);
       co_return false;
     }
+    if (journalFailed_) {
+      // mirror.mode async: the journal is the mirror's commit.
+      mirrorFailed(m, MirrorErrorReason::kCommitFailed, "the journal could not be written");
+      if (failClient) {
+        const std::string why =
+            "pghandoff could not write this statement's transaction to its journal "
+            "(mirror.on_target_error: fail-client)";
+        co_return co_await failBoth(fb, why);
+      }
+    }
   }
   if (wrapMirror && up_[m].conn) {
     Outcome mc;
@@ -1586,13 +1596,15 @@ awaitable<bool> ClientSession::mirrorCommit(const Unit& u, int a, int m) {
   const std::size_t expect = u.ready ? 0 : u.expected;
 
   if (journaling(m)) {
-    // Seeding: the transaction goes to the journal, durably, before the
-    // source commits it; its outcome is noted after.
+    // Seeding, or an async mirror: the transaction goes to the journal,
+    // durably, before the authoritative side commits it; its outcome is
+    // noted after.
     if (u.info.tx == TxControl::kPrepare || u.info.tx == TxControl::kCommitPrepared) {
       const protocol::ErrorFields refusal{
           "ERROR", sqlstate::kFeatureNotSupported,
           "pghandoff does not carry prepared transactions (PREPARE TRANSACTION, COMMIT "
-          "PREPARED) over to the target while it is being seeded",
+          "PREPARED) through its journal (while the target is seeded, or under mirror.mode "
+          "async)",
           "The transaction is still open; roll it back or COMMIT it.", ""};
       co_return co_await refuseUnit(u, a, refusal);
     }
@@ -1602,6 +1614,19 @@ awaitable<bool> ClientSession::mirrorCommit(const Unit& u, int a, int m) {
     if (!co_await journalCommit(a, u.implicitCommit, u.bytes, commitReadies, seq)) {
       co_await lockstepLost(a);
       co_return false;
+    }
+    if (journalFailed_) {
+      // mirror.mode async: the journal is the mirror's commit.
+      mirrorFailed(m, MirrorErrorReason::kCommitFailed, "the journal could not be written");
+      if (failClient) {
+        if (!co_await rollBackWrapper(a)) co_return false;
+        holdError(protocol::ErrorFields{
+            "ERROR", sqlstate::kSystemError,
+            "pghandoff could not write the transaction to its journal "
+            "(mirror.on_target_error: fail-client)",
+            std::string("The transaction was rolled back on the ") + sideName(a) + ".", ""});
+        co_return co_await answer(u.ready, 'I');
+      }
     }
     metrics().queriesTotal(sideLabel(a), labels::QueryKind::kWrite).inc();
     Outcome ao;
@@ -1717,8 +1742,9 @@ awaitable<bool> ClientSession::mirrorCommit(const Unit& u, int a, int m) {
 awaitable<bool> ClientSession::journalCommit(int a, bool implicit, protocol::Bytes commit,
                                              std::uint32_t commitReadies, std::uint64_t& seq) {
   seq = 0;
+  journalFailed_ = false;
   std::shared_ptr<Journal> journal = journal_;
-  // The source's transaction id, assigned once the transaction wrote.
+  // The transaction id on the authoritative side, assigned once it wrote.
   Outcome xo;
   std::vector<std::uint8_t> q;
   bool answered = false;
@@ -1772,13 +1798,19 @@ awaitable<bool> ClientSession::journalCommit(int a, bool implicit, protocol::Byt
   tx.xid = xid;
   tx.readies = journalReadies_;
   tx.commitReadies = commitReadies;
+  tx.implicit = implicit;
+  tx.at = static_cast<std::uint64_t>(std::chrono::duration_cast<std::chrono::microseconds>(
+                                         std::chrono::system_clock::now().time_since_epoch())
+                                         .count());
   tx.bytes = std::move(journalBytes_);
   tx.commit.assign(commit.begin(), commit.end());
   journalBytes_.clear();
   journalReadies_ = 0;
   seq = co_await journal->commit(std::move(tx));
-  if (seq == 0) {
+  if (seq == 0 && journals(txPhase_)) {
     spdlog::error("session {}: the catch-up journal failed; the seed must be run again", id_);
+  } else if (seq == 0) {
+    journalFailed_ = true;
   }
   co_return true;
 }

@@ -35,6 +35,37 @@ constexpr std::string_view kAbort =
 constexpr std::string_view kRollback = "ROLLBACK";
 constexpr std::string_view kReplaySettings = "SET synchronous_commit = off";
 
+// The async mirror's replay position on the destination: the journal it
+// belongs to and the last transaction applied from it.
+constexpr std::string_view kPositionSetup =
+    "CREATE SCHEMA IF NOT EXISTS pghandoff; "
+    "CREATE TABLE IF NOT EXISTS pghandoff.mirror_position ("
+    "id integer PRIMARY KEY CHECK (id = 1), journal numeric NOT NULL, seq bigint NOT NULL); "
+    "INSERT INTO pghandoff.mirror_position VALUES (1, 0, 0) ON CONFLICT (id) DO NOTHING; "
+    "SELECT journal::text, seq::text FROM pghandoff.mirror_position";
+
+// `sql` as extended-protocol messages without a Sync, under the proxy's own
+// statement and portal names (closed first: a Close of a name that does not
+// exist is no error).
+void encodeUnsynced(std::string_view sql, std::vector<std::uint8_t>& out) {
+  constexpr std::string_view kName = "pghandoff_position";
+  protocol::Writer cp(out);
+  cp.begin('C').byte('P').cstring(kName);
+  cp.end();
+  protocol::Writer cs(out);
+  cs.begin('C').byte('S').cstring(kName);
+  cs.end();
+  protocol::Writer p(out);
+  p.begin('P').cstring(kName).cstring(sql).int16(0);
+  p.end();
+  protocol::Writer b(out);
+  b.begin('B').cstring(kName).cstring(kName).int16(0).int16(0).int16(0);
+  b.end();
+  protocol::Writer e(out);
+  e.begin('E').cstring(kName).int32(0);
+  e.end();
+}
+
 }  // namespace
 
 std::optional<PgSnapshot> parsePgSnapshot(std::string_view text) {
@@ -71,11 +102,20 @@ bool visibleInSnapshot(const PgSnapshot& s, std::uint64_t xid) {
 // ---------------------------------------------------------------------------
 
 JournalReplay::JournalReplay(std::shared_ptr<const Runtime> rt, asio::any_io_executor ex,
-                             std::filesystem::path file, PgSnapshot snapshot)
+                             std::filesystem::path file, PgSnapshot snapshot, ReplayOptions options)
     : rt_(std::move(rt)),
       ex_(std::move(ex)),
       file_(std::move(file)),
-      snapshot_(std::move(snapshot)) {}
+      snapshot_(std::move(snapshot)),
+      options_(std::move(options)) {}
+
+const config::ConnInfo& JournalReplay::destination() const {
+  return options_.toSource ? rt_->source : *rt_->target;
+}
+
+const config::ConnInfo& JournalReplay::origin() const {
+  return options_.toSource ? *rt_->target : rt_->source;
+}
 
 JournalReplay::~JournalReplay() {
   close();
@@ -130,12 +170,14 @@ awaitable<std::optional<std::string>> JournalReplay::readMore(std::uint64_t dura
 
 awaitable<std::optional<char>> JournalReplay::sourceStatus(std::uint64_t xid, std::string& error) {
   if (!source_) {
-    source_ = std::make_shared<ServerConnection>(ex_, rt_->sourceTls);
-    const StartupParams params = {{"application_name", "pghandoff seed replay"}};
-    LoginResult login = co_await source_->login(rt_->source, params, std::chrono::seconds(10));
+    source_ = std::make_shared<ServerConnection>(
+        ex_, options_.toSource ? rt_->targetTls : rt_->sourceTls);
+    const StartupParams params = {{"application_name", options_.application}};
+    LoginResult login = co_await source_->login(origin(), params, std::chrono::seconds(10));
     if (!login.ok) {
       source_.reset();
-      error = "cannot reach the source to ask how a transaction ended: " + login.error.message;
+      error = std::string("cannot reach the ") + (options_.toSource ? "target" : "source") +
+              " to ask how a transaction ended: " + login.error.message;
       co_return std::nullopt;
     }
   }
@@ -143,7 +185,8 @@ awaitable<std::optional<char>> JournalReplay::sourceStatus(std::uint64_t xid, st
       "SELECT pg_catalog.pg_xact_status('" + std::to_string(xid) + "'::pg_catalog.xid8)";
   QueryRows r = co_await simpleQuery(*source_, sql);
   if (r.error || r.rows.size() != 1 || r.rows[0].empty() || !r.rows[0][0]) {
-    error = "the source could not say how transaction " + std::to_string(xid) +
+    error = std::string("the ") + (options_.toSource ? "target" : "source") +
+            " could not say how transaction " + std::to_string(xid) +
             " ended: " + (r.error ? *r.error : std::string("no answer"));
     if (r.error && *r.error == "connection lost") source_.reset();
     co_return std::nullopt;
@@ -154,11 +197,50 @@ awaitable<std::optional<char>> JournalReplay::sourceStatus(std::uint64_t xid, st
   co_return 'p';
 }
 
+awaitable<std::optional<std::string>> JournalReplay::loadPosition() {
+  auto conn =
+      std::make_shared<ServerConnection>(ex_, options_.toSource ? rt_->sourceTls : rt_->targetTls);
+  const StartupParams params = {{"application_name", options_.application}};
+  LoginResult login = co_await conn->login(destination(), params, std::chrono::seconds(10));
+  const char* side = options_.toSource ? "source" : "target";
+  if (!login.ok) {
+    co_return std::string("cannot reach the ") + side +
+        " to replay the journal: " + login.error.message;
+  }
+  const std::string sql(kPositionSetup);
+  QueryRows r = co_await simpleQuery(*conn, sql);
+  conn->stream().close();
+  if (r.error || r.rows.empty() || r.rows.back().size() != 2 || !r.rows.back()[0] ||
+      !r.rows.back()[1]) {
+    co_return std::string("cannot keep the replay position on the ") + side +
+        " (pghandoff.mirror_position): " + (r.error ? *r.error : std::string("no answer"));
+  }
+  const auto journal = number(*r.rows.back()[0]);
+  const auto seq = number(*r.rows.back()[1]);
+  // A position of another journal says nothing about this one.
+  position_ = journal && seq && *journal == options_.journalId ? *seq : 0;
+  co_return std::nullopt;
+}
+
 awaitable<std::optional<std::string>> JournalReplay::run(std::uint64_t durable, bool final) {
   if (auto err = co_await readMore(durable)) co_return err;
+  if (options_.positioned && !position_) {
+    if (auto err = co_await loadPosition()) co_return err;
+  }
   const auto deadline = Clock::now() + std::chrono::seconds(10);
   while (!queue_.empty()) {
     const JournalTx& tx = queue_.front().first;
+    stats_.oldestAt = tx.at;
+    if (position_ && tx.seq <= *position_) {
+      // Applied before this replay started: run and rolled back all the
+      // same, for the session state its requests carry (SET, Parse).
+      if (auto err = co_await apply(tx, false)) co_return err;
+      ++stats_.alreadyApplied;
+      outcomes_.erase(tx.seq);
+      queue_.pop_front();
+      stats_.queued = queue_.size();
+      continue;
+    }
     bool committed = false;
     if (auto it = outcomes_.find(tx.seq); it != outcomes_.end()) {
       committed = it->second;
@@ -194,6 +276,7 @@ awaitable<std::optional<std::string>> JournalReplay::run(std::uint64_t durable, 
     queue_.pop_front();
     stats_.queued = queue_.size();
   }
+  stats_.oldestAt = queue_.empty() ? 0 : queue_.front().first.at;
   co_return std::nullopt;
 }
 
@@ -205,11 +288,13 @@ awaitable<std::optional<std::string>> JournalReplay::connFor(std::uint64_t sessi
   StartupParams params;
   if (auto it = sessions_.find(session); it != sessions_.end()) params = it->second;
   Conn c;
-  c.server = std::make_shared<ServerConnection>(ex_, rt_->targetTls);
-  const config::ConnInfo& info = *rt_->target;
-  LoginResult login = co_await c.server->login(info, params, std::chrono::seconds(10));
-  if (!login.ok)
-    co_return "cannot log in to the target to replay the journal: " + login.error.message;
+  c.server =
+      std::make_shared<ServerConnection>(ex_, options_.toSource ? rt_->sourceTls : rt_->targetTls);
+  LoginResult login = co_await c.server->login(destination(), params, std::chrono::seconds(10));
+  if (!login.ok) {
+    co_return std::string("cannot log in to the ") + (options_.toSource ? "source" : "target") +
+        " to replay the journal: " + login.error.message;
+  }
   // The replay is redone from the start if the target fails before the end.
   const std::string settings(kReplaySettings);
   QueryRows set = co_await simpleQuery(*c.server, settings);
@@ -265,12 +350,47 @@ awaitable<std::optional<std::string>> JournalReplay::apply(const JournalTx& tx, 
   std::vector<std::uint8_t> out = tx.bytes;
   std::size_t readies = tx.readies;
   if (commit) {
+    if (options_.positioned) {
+      // The position moves in the transaction itself: committed together,
+      // or not at all. A commit sent as a simple Query gets a simple Query
+      // before it (inside the client's transaction block); an extended one
+      // gets extended messages without a Sync, which join the transaction
+      // (implicit or not) that its Sync ends.
+      const std::string update =
+          "UPDATE pghandoff.mirror_position SET journal = " + std::to_string(options_.journalId) +
+          ", seq = " + std::to_string(tx.seq);
+      if (!tx.commit.empty() && tx.commit[0] == 'Q') {
+        protocol::encodeQuery(update, out);
+        ++readies;
+      } else {
+        encodeUnsynced(update, out);
+      }
+    }
     out.insert(out.end(), tx.commit.begin(), tx.commit.end());
     readies += tx.commitReadies;
   } else {
     protocol::encodeQuery(kAbort, out);
     protocol::encodeQuery(kRollback, out);
     readies += 2;
+    // The statements the commit request prepares (Parse, Close) are session
+    // state the session's later transactions use: made here, outside a
+    // transaction, without the commit.
+    std::vector<std::uint8_t> state;
+    protocol::Bytes rest(tx.commit);
+    while (!rest.empty()) {
+      const protocol::FrameHeader h = protocol::parseFrontendHeader(rest, 1u << 30);
+      if (h.status != protocol::FrameStatus::kOk) break;
+      if (h.type == 'P' || h.type == 'C') {
+        state.insert(state.end(), rest.begin(),
+                     rest.begin() + static_cast<std::ptrdiff_t>(h.total()));
+      }
+      rest = rest.subspan(h.total());
+    }
+    if (!state.empty()) {
+      protocol::encodeSync(state);
+      out.insert(out.end(), state.begin(), state.end());
+      ++readies;
+    }
   }
   // Written while the answers are read: a large request must not wait for
   // the server, which waits for its answers to be taken.
@@ -279,27 +399,34 @@ awaitable<std::optional<std::string>> JournalReplay::apply(const JournalTx& tx, 
   using namespace asio::experimental::awaitable_operators;
   co_await (sendAll(*c, out, sent) && readReplies(*c, readies, reply));
   if (!sent || reply.lost) {
-    co_return "lost the target while replaying the journal (transaction " + std::to_string(tx.xid) +
-        ")";
+    co_return std::string("lost the ") + (options_.toSource ? "source" : "target") +
+        " while replaying the journal (transaction " + std::to_string(tx.xid) + ")";
   }
   if (!commit) co_return std::nullopt;
   // What the source committed must commit here: no error in the commit
   // itself, not a failed transaction before it, and no transaction left
   // open after it.
-  const std::string where = "journal transaction " + std::to_string(tx.seq) + " (source xid " +
-                            std::to_string(tx.xid) + ")";
+  const std::string where = "journal transaction " + std::to_string(tx.seq) + " (xid " +
+                            std::to_string(tx.xid) + " on the " +
+                            (options_.toSource ? "target" : "source") + ")";
+  const std::string side = options_.toSource ? "source" : "target";
+  if (tx.readies > 0 && tx.commitReadies > 0 && reply.statuses[tx.readies - 1] == 'E') {
+    // Failed before its commit: the error that aborted it.
+    std::string message = "an error";
+    for (const auto& [before, m] : reply.errors) {
+      if (before < tx.readies) message = m;
+    }
+    co_return "the " + side + " failed " + where + ": " + message;
+  }
   for (const auto& [before, message] : reply.errors) {
     if (before >= tx.readies) {
-      co_return "the target could not commit " + where + ": " + message;
+      co_return "the " + side + " could not commit " + where + ": " + message;
     }
   }
-  if (tx.readies > 0 && tx.commitReadies > 0 && reply.statuses[tx.readies - 1] == 'E') {
-    co_return "the target failed " + where + ": " +
-        (reply.errors.empty() ? std::string("an error") : reply.errors.back().second);
-  }
   if (!reply.statuses.empty() && reply.statuses.back() != 'I') {
-    co_return "the target left " + where + " open after its commit";
+    co_return "the " + side + " left " + where + " open after its commit";
   }
+  if (options_.positioned) position_ = tx.seq;
   if (!reply.errors.empty()) {
     stats_.statementErrors += reply.errors.size();
     spdlog::warn("seed: {} had {} failed statement(s) on the target, as on the source: {}", where,

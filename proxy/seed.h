@@ -51,6 +51,19 @@ struct PgSnapshot {
 // finished before the snapshot was taken.
 [[nodiscard]] bool visibleInSnapshot(const PgSnapshot& s, std::uint64_t xid);
 
+// Where a journal is replayed: the seed's to the target (ruled by the dump's
+// snapshot); an async mirror's (mirror.mode: async) to the side that is not
+// authoritative, each applied transaction recording its number on that side
+// (pghandoff.mirror_position, in the same transaction), so that a replay
+// started again (the proxy restarted, the side's connection lost) applies
+// none twice.
+struct ReplayOptions {
+  bool toSource = false;    // the destination: the source (reverse-mirror), else the target
+  bool positioned = false;  // keep pghandoff.mirror_position on the destination
+  std::uint64_t journalId = 0;
+  std::string application = "pghandoff seed replay";
+};
+
 class JournalReplay {
  public:
   struct Stats {
@@ -60,10 +73,17 @@ class JournalReplay {
     std::uint64_t statementErrors = 0;  // errors inside applied transactions (savepoints)
     std::uint64_t readBytes = 0;        // of the journal file
     std::uint64_t queued = 0;           // read, not yet replayed
+    std::uint64_t alreadyApplied = 0;   // at or before the destination's position
+    // When the oldest transaction not yet replayed was journaled (microseconds
+    // since the epoch); 0 when none is read and waiting.
+    std::uint64_t oldestAt = 0;
+    [[nodiscard]] std::uint64_t done() const {
+      return applied + inSnapshot + notCommitted + alreadyApplied;
+    }
   };
 
   JournalReplay(std::shared_ptr<const Runtime> rt, asio::any_io_executor ex,
-                std::filesystem::path file, PgSnapshot snapshot);
+                std::filesystem::path file, PgSnapshot snapshot, ReplayOptions options = {});
   ~JournalReplay();
   JournalReplay(const JournalReplay&) = delete;
   JournalReplay& operator=(const JournalReplay&) = delete;
@@ -93,13 +113,21 @@ class JournalReplay {
   awaitable<std::optional<std::string>> connFor(std::uint64_t session, Conn*& out);
   awaitable<void> sendAll(Conn& c, const std::vector<std::uint8_t>& bytes, bool& ok);
   awaitable<void> readReplies(Conn& c, std::size_t readies, Reply& reply);
-  // 'c' committed, 'a' aborted, 'p' in progress; nullopt with `error` set.
+  // 'c' committed, 'a' aborted, 'p' in progress (on the side the journal
+  // was written from); nullopt with `error` set.
   awaitable<std::optional<char>> sourceStatus(std::uint64_t xid, std::string& error);
+  // positioned: the destination's pghandoff.mirror_position (made if
+  // missing), read once.
+  awaitable<std::optional<std::string>> loadPosition();
+  [[nodiscard]] const config::ConnInfo& destination() const;
+  [[nodiscard]] const config::ConnInfo& origin() const;
 
   std::shared_ptr<const Runtime> rt_;
   asio::any_io_executor ex_;
   std::filesystem::path file_;
   PgSnapshot snapshot_;
+  ReplayOptions options_;
+  std::optional<std::uint64_t> position_;  // positioned: the last seq applied there
   int fd_ = -1;
   std::uint64_t offset_ = 0;
   std::vector<std::uint8_t> tail_;  // read, not yet a whole record

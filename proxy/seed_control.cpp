@@ -138,7 +138,8 @@ void ProxyServer::seedAtStartup() {
 
 void ProxyServer::seedCleanup(bool keepMarker) {
   auto rt = runtime();
-  registry_.setJournal(nullptr);
+  // (An async mirror's journal, set at the flip to mirror, stays.)
+  if (registry_.journal() == seed_.journal) registry_.setJournal(nullptr);
   if (seed_.journal) {
     seed_.journalTransactionsAtEnd = seed_.journal->transactions();
     seed_.journal->close();
@@ -316,8 +317,8 @@ awaitable<void> ProxyServer::seedCatchUp(std::chrono::milliseconds drain) {
   JournalReplay* replay = seed_.replay.get();
   std::shared_ptr<Journal> journal = seed_.journal;
   const auto started = std::make_shared<Clock::time_point>();
-  const PhaseController::BeforeSwitch rest = [replay, journal, source, target,
-                                              started]() -> awaitable<std::optional<std::string>> {
+  const PhaseController::BeforeSwitch rest = [this, replay, journal, source, target, started,
+                                              drain]() -> awaitable<std::optional<std::string>> {
     *started = Clock::now();
     auto err = co_await replay->run(journal->durableBytes(), true);
     if (err) co_return err;
@@ -327,12 +328,14 @@ awaitable<void> ProxyServer::seedCatchUp(std::chrono::milliseconds drain) {
     spdlog::info(
         "seed: journal replayed ({} transactions applied), {} sequences set from the source",
         replay->stats().applied, synced);
-    co_return std::nullopt;
+    // mirror.mode async: the mirror's own journal from here on.
+    co_return co_await asyncSwitch(Phase::kMirror, Clock::now() + drain);
   };
   const std::function<void()> cancel = [this] { cancelInFlight(); };
   AdminReply reply =
       co_await phases_->flip(Phase::kMirror, drain, rt->cfg.flip.onTimeout, cancel, rest);
   sides.close();
+  if (phases_->current() != Phase::kMirror) asyncRestore(phases_->current());
   if (reply.status != 200 || phases_->current() != Phase::kMirror) {
     fail("the flip to mirror failed: " + reply.json);
     co_return;

@@ -85,6 +85,7 @@ ProxyServer::ProxyServer(config::Config cfg, std::string configPath)
 
   runtimeConfigDir_ = cfg.state.dir;
   seedAtStartup();
+  asyncAtStartup();
 
   unsigned n = cfg.threads != 0 ? cfg.threads : std::max(1u, std::thread::hardware_concurrency());
   for (unsigned i = 0; i < n; ++i) {
@@ -139,25 +140,43 @@ awaitable<AdminReply> ProxyServer::setPhase(std::string name,
   // The connections are made before new transactions are held.
   const bool moves = !refuseTransition(from, to) && rt->target && from != to &&
                      targetAuthoritative(from) != targetAuthoritative(to);
-  if (!moves) {
+  // mirror.mode async: the journal in use is applied to the end at the
+  // barrier, and the new phase gets its own (proxy/async_mirror.cpp).
+  const bool async =
+      !refuseTransition(from, to) && from != to && (async_.journal || asyncPhase(to));
+  if (!moves && !async) {
     co_return co_await phases_->flip(to, drain.value_or(rt->cfg.flip.drainTimeout),
                                      rt->cfg.flip.onTimeout, [this] { cancelInFlight(); });
   }
-  const bool toTarget = targetAuthoritative(to);
   BothServers sides;  // first: the old authoritative side
-  const std::string app = "pghandoff sequence sync";
-  if (auto why = co_await connectBoth(!toTarget, app, sides)) {
-    std::string body =
-        "{\"error\":\"cannot reach the servers to carry the sequences over: " + jsonEscape(*why) +
-        "\",\"phase\":\"" + std::string(phaseName(from)) + "\"}";
-    co_return AdminReply{503, std::move(body)};
+  if (moves) {
+    const bool toTarget = targetAuthoritative(to);
+    const std::string app = "pghandoff sequence sync";
+    if (auto why = co_await connectBoth(!toTarget, app, sides)) {
+      std::string body =
+          "{\"error\":\"cannot reach the servers to carry the sequences over: " + jsonEscape(*why) +
+          "\",\"phase\":\"" + std::string(phaseName(from)) + "\"}";
+      co_return AdminReply{503, std::move(body)};
+    }
   }
   auto oldSide = sides.first;
   auto newSide = sides.second;
+  const std::chrono::milliseconds drainFor = drain.value_or(rt->cfg.flip.drainTimeout);
+  // Before new transactions are held: the async replay brought close to the
+  // end, so that the pause is short.
+  co_await asyncPreDrain(std::chrono::steady_clock::now() + drainFor);
   // Named, not temporaries of the co_await expression (GCC 12).
   const std::function<void()> cancel = [this] { cancelInFlight(); };
-  const PhaseController::BeforeSwitch sync = [oldSide, newSide, from,
-                                              to]() -> awaitable<std::optional<std::string>> {
+  const PhaseController::BeforeSwitch before =
+      [this, oldSide, newSide, from, to, moves,
+       drainFor]() -> awaitable<std::optional<std::string>> {
+    auto asyncErr = co_await asyncSwitch(to, std::chrono::steady_clock::now() + drainFor);
+    if (asyncErr) {
+      spdlog::error("phase change {} -> {}: {}", phaseName(from), phaseName(to), *asyncErr);
+      co_return asyncErr;
+    }
+    if (!moves) co_return std::nullopt;
+    // The new authoritative side's sequences, from the old one's.
     std::size_t synced = 0;
     auto err = co_await syncSequences(*oldSide, *newSide, synced);
     if (err) {
@@ -168,9 +187,9 @@ awaitable<AdminReply> ProxyServer::setPhase(std::string name,
     }
     co_return err;
   };
-  const std::chrono::milliseconds drainFor = drain.value_or(rt->cfg.flip.drainTimeout);
-  auto reply = co_await phases_->flip(to, drainFor, rt->cfg.flip.onTimeout, cancel, sync);
+  auto reply = co_await phases_->flip(to, drainFor, rt->cfg.flip.onTimeout, cancel, before);
   sides.close();
+  if (phases_->current() != to) asyncRestore(phases_->current());
   co_return reply;
 }
 
@@ -348,9 +367,6 @@ int ProxyServer::run() {
         "again, then remove {}",
         (std::filesystem::path(rt->cfg.state.dir) / "mirror-broken").string());
   }
-  if (rt->cfg.mirror.mode == config::MirrorMode::kAsync) {
-    spdlog::warn("not built yet: mirror.mode async; mirroring runs in sync mode");
-  }
 
   mainIo_.run();
   // Let the cancelled accept (and anything else already completed) finish
@@ -477,6 +493,8 @@ void ProxyServer::reload() {
   merged.admin = old->cfg.admin;
   keep(next.state.dir != old->cfg.state.dir, "state.dir");
   merged.state = old->cfg.state;
+  keep(next.mirror.mode != old->cfg.mirror.mode, "mirror.mode");
+  merged.mirror.mode = old->cfg.mirror.mode;
   try {
     auto rt = buildRuntime(merged, mockSecret_);
     setLogLevel(merged.log.level);
@@ -510,7 +528,10 @@ std::string ProxyServer::statusJson() {
   // broken once mirror.on_target_error: degrade (or on_divergence:
   // pause-mirroring) gave up on it.
   const Phase now = phases_->current();
-  const char* mirrorState = registry_.mirrorBroken() ? "broken" : writesBoth(now) ? "sync" : "off";
+  const char* mirrorState = registry_.mirrorBroken() ? "broken"
+                            : async_.journal         ? "async"
+                            : writesBoth(now)        ? "sync"
+                                                     : "off";
   std::uint64_t divergences = 0, mirrorErrors = 0;
   for (std::size_t k = 0; k < labels::DivergenceKindDim::kValues.size(); ++k) {
     divergences += metrics().divergencesTotal(static_cast<labels::DivergenceKind>(k)).value();
@@ -518,9 +539,19 @@ std::string ProxyServer::statusJson() {
   for (std::size_t k = 0; k < labels::MirrorErrorReasonDim::kValues.size(); ++k) {
     mirrorErrors += metrics().mirrorErrorsTotal(static_cast<labels::MirrorErrorReason>(k)).value();
   }
-  o << ",\"mirror\":{\"state\":\"" << mirrorState
-    << "\",\"lag_seconds\":" << (writesBoth(now) && !registry_.mirrorBroken() ? "0" : "null")
-    << ",\"queue_transactions\":0,\"errors\":" << mirrorErrors
+  o << ",\"mirror\":{\"state\":\"" << mirrorState << "\",\"lag_seconds\":";
+  if (async_.journal && !registry_.mirrorBroken()) {
+    o << asyncLagSeconds();
+  } else {
+    o << (writesBoth(now) && !registry_.mirrorBroken() ? "0" : "null");
+  }
+  o << ",\"queue_transactions\":" << asyncQueue();
+  if (async_.journal) {
+    o << ",\"applying_to\":\"" << (async_.toSource ? "source" : "target")
+      << "\",\"replay_restarts\":" << async_.restarts;
+    if (!async_.error.empty()) o << ",\"replay_error\":\"" << jsonEscape(async_.error) << "\"";
+  }
+  o << ",\"errors\":" << mirrorErrors
     << ",\"nondeterministic_rejected\":" << metrics().nondeterministicRejectedTotal().value()
     << "},\"divergences\":" << divergences << ",\"seed\":" << seedJson() << ",\"sessions\":[";
   std::size_t shown = 0;

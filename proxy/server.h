@@ -86,7 +86,46 @@ class ProxyServer {
   // A proxy (re)started in phase seeding: journal on, the snapshot gone.
   void seedAtStartup();
   void seedCleanup(bool keepMarker);
-  SeedState seed_;                // on mainIo_ only
+  SeedState seed_;  // on mainIo_ only
+
+  // mirror.mode async (proxy/async_mirror.cpp): in mirror and
+  // reverse-mirror, sessions journal what the side that is not
+  // authoritative would get (<state.dir>/mirror-journal), and a replay
+  // applies it there in commit order. Every phase change drains it first.
+  struct AsyncMirror {
+    std::shared_ptr<Journal> journal;  // null when the phase has none
+    bool toSource = false;             // the replay's destination
+    JournalReplay* replay = nullptr;   // the apply loop's, while it runs
+    bool running = false;              // the apply loop runs
+    std::uint64_t generation = 0;      // a new one stops the loop
+    bool urgent = false;               // a flip waits: no 2 s grace for undecided ones
+    std::string error;                 // the replay's last failure, until it recovers
+    std::uint64_t restarts = 0;        // replays started again after a failure
+    std::chrono::steady_clock::time_point caughtUpAt{};
+  };
+  AsyncMirror async_;  // on mainIo_ only
+  // The phase journals for an async mirror.
+  [[nodiscard]] bool asyncPhase(Phase p);
+  // At a barrier (every transaction drained): the current async journal
+  // applied to the end (bounded by `deadline`), stopped and removed; a new
+  // one for `to` when it journals; the registry's journal set for `to`. The
+  // error in words (the caller's phase stays).
+  awaitable<std::optional<std::string>> asyncSwitch(Phase to,
+                                                    std::chrono::steady_clock::time_point deadline);
+  // After a flip that failed past asyncSwitch: the journal state for the
+  // phase that stays.
+  void asyncRestore(Phase current);
+  // Before the barrier: waits (bounded) until little is left to apply, so
+  // that the pause is short.
+  awaitable<void> asyncPreDrain(std::chrono::steady_clock::time_point deadline);
+  void asyncStart(std::shared_ptr<Journal> journal, bool toSource);
+  awaitable<void> asyncStop();
+  awaitable<void> asyncApplyLoop(std::uint64_t generation);
+  awaitable<void> asyncMetricsLoop();
+  void asyncAtStartup();
+  [[nodiscard]] bool asyncCaughtUp() const;
+  [[nodiscard]] double asyncLagSeconds() const;
+  [[nodiscard]] std::uint64_t asyncQueue() const;
   std::string runtimeConfigDir_;  // state.dir (fixed for the process)
 
   // Declaration order is destruction order reversed, and it matters: the
