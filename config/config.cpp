@@ -606,9 +606,26 @@ void Loader::root(const YAML::Node& node) {
                   durationField(p, v, cfg_.limits.shutdownTimeout, true);
                 }},
            })},
-          {"state", section({{"dir", [this](const std::string& p, const YAML::Node& v) {
-                                pathField(p, v, cfg_.state.dir);
-                              }}})},
+          {"state", section({
+                        {"dir",
+                         [this](const std::string& p, const YAML::Node& v) {
+                           pathField(p, v, cfg_.state.dir);
+                         }},
+                        {"journal_segment",
+                         [this](const std::string& p, const YAML::Node& v) {
+                           auto s = text(p, v);
+                           if (!s) return;
+                           auto size = parseSize(*s);
+                           if (!size) {
+                             error(p, v,
+                                   "invalid size " + quote(*s) + " (expected e.g. 64MiB, 512KiB)");
+                           } else if (*size < 1024 || *size > (1ull << 40)) {
+                             error(p, v, "must be at least 1KiB and at most 1TiB");
+                           } else {
+                             cfg_.state.journalSegment = *size;
+                           }
+                         }},
+                    })},
           {"log",
            section({
                {"level",

@@ -102,6 +102,9 @@ struct Config {
 
   struct State {
     std::string dir = "/var/lib/pghandoff";  // resolved path
+    // mirror.mode async: the journal is cut into segments of about this size
+    // (a short pause of new transactions at each cut); applied ones removed.
+    std::uint64_t journalSegment = 64ull << 20;  // 1 KiB .. 1 TiB
   } state;
 
   struct Log {

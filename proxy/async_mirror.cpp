@@ -16,6 +16,8 @@
 // destination's connection lost, the proxy restarted — applies none twice.
 #include <spdlog/spdlog.h>
 
+#include <algorithm>
+
 #include "proxy/server.h"
 
 namespace pghandoff::proxy {
@@ -24,8 +26,28 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 
-std::filesystem::path mirrorJournalFile(const config::Config& cfg) {
-  return std::filesystem::path(cfg.state.dir) / "mirror-journal";
+constexpr std::string_view kSegmentPrefix = "mirror-journal.";
+
+std::filesystem::path segmentFile(const config::Config& cfg, std::uint64_t number) {
+  std::string n = std::to_string(number);
+  if (n.size() < 8) n.insert(0, 8 - n.size(), '0');
+  return std::filesystem::path(cfg.state.dir) / (std::string(kSegmentPrefix) + n);
+}
+
+// The segments under state.dir, by number.
+std::vector<std::pair<std::uint64_t, std::filesystem::path>> segmentFiles(
+    const config::Config& cfg) {
+  std::vector<std::pair<std::uint64_t, std::filesystem::path>> out;
+  std::error_code ec;
+  for (const auto& e : std::filesystem::directory_iterator(cfg.state.dir, ec)) {
+    const std::string name = e.path().filename().string();
+    if (name.rfind(kSegmentPrefix, 0) != 0) continue;
+    const std::string digits = name.substr(kSegmentPrefix.size());
+    if (digits.empty() || digits.find_first_not_of("0123456789") != std::string::npos) continue;
+    out.emplace_back(std::stoull(digits), e.path());
+  }
+  std::sort(out.begin(), out.end());
+  return out;
 }
 
 double nowMicros() {
@@ -45,15 +67,15 @@ bool ProxyServer::asyncPhase(Phase p) {
 
 bool ProxyServer::asyncCaughtUp() const {
   if (!async_.journal) return true;
-  if (async_.replay == nullptr) return false;
+  if (async_.segments.size() != 1 || async_.replay == nullptr) return false;
   const auto& st = async_.replay->stats();
   return st.queued == 0 && st.readBytes >= async_.journal->durableBytes() &&
          st.done() >= async_.journal->transactions();
 }
 
 std::uint64_t ProxyServer::asyncQueue() const {
-  if (!async_.journal) return 0;
-  const std::uint64_t written = async_.journal->transactions();
+  std::uint64_t written = 0;
+  for (const auto& seg : async_.segments) written += seg.journal->transactions();
   const std::uint64_t done = async_.replay != nullptr ? async_.replay->stats().done() : 0;
   return written > done ? written - done : 0;
 }
@@ -65,13 +87,23 @@ double ProxyServer::asyncLagSeconds() const {
   return std::chrono::duration<double>(Clock::now() - async_.caughtUpAt).count();
 }
 
-void ProxyServer::asyncStart(std::shared_ptr<Journal> journal, bool toSource) {
-  async_.journal = std::move(journal);
+void ProxyServer::asyncNewSegment() {
+  auto journal = Journal::create(segmentFile(runtime()->cfg, async_.nextNumber));
+  ++async_.nextNumber;
+  if (!async_.segments.empty()) async_.segments.back().sealed = true;
+  async_.segments.push_back({journal, false});
+  auto old = std::exchange(async_.journal, journal);
+  registry_.setJournal(journal);
+  // What it still had queued (outcomes) is written before it stops.
+  if (old) old->close();
+}
+
+void ProxyServer::asyncStart(bool toSource) {
   async_.toSource = toSource;
   async_.error.clear();
   async_.caughtUpAt = Clock::now();
   registry_.setJournal(async_.journal);
-  async_.running = true;
+  ++async_.loops;
   asio::co_spawn(mainIo_, asyncApplyLoop(++async_.generation), asio::detached);
 }
 
@@ -80,16 +112,17 @@ awaitable<void> ProxyServer::asyncStop() {
   asio::steady_timer t(mainIo_);
   // The loop ends at its next turn (it is idle: the caller waited for it to
   // catch up, or it is between attempts).
-  while (async_.running) {
+  while (async_.loops > 0) {
     t.expires_after(std::chrono::milliseconds(1));
     co_await t.async_wait(kUseAwaitable);
   }
-  if (async_.journal) {
-    async_.journal->close();
+  for (auto& seg : async_.segments) {
+    seg.journal->close();
     std::error_code ec;
-    std::filesystem::remove(async_.journal->file(), ec);
-    async_.journal.reset();
+    std::filesystem::remove(seg.journal->file(), ec);
   }
+  async_.segments.clear();
+  async_.journal.reset();
   async_.error.clear();
   metrics().mirrorLagSeconds().set(0);
   metrics().mirrorQueueTransactions().set(0);
@@ -97,32 +130,39 @@ awaitable<void> ProxyServer::asyncStop() {
 
 awaitable<void> ProxyServer::asyncApplyLoop(std::uint64_t generation) {
   auto rt = runtime();
-  auto journal = async_.journal;
   asio::steady_timer timer(mainIo_);
   std::unique_ptr<JournalReplay> replay;
   std::string lastError;
-  while (!shuttingDown_ && async_.generation == generation) {
+  while (!shuttingDown_ && async_.generation == generation && !async_.segments.empty()) {
+    // The oldest segment first (a deque's elements stay put as segments are
+    // added at the back; only this loop removes from the front).
+    const std::shared_ptr<Journal> journal = async_.segments.front().journal;
     if (!replay) {
       ReplayOptions options;
       options.toSource = async_.toSource;
       options.positioned = true;
       options.journalId = journal->id();
+      for (std::size_t i = 1; i < async_.segments.size(); ++i) {
+        options.laterJournalIds.push_back(async_.segments[i].journal->id());
+      }
       options.application = "pghandoff async mirror";
       replay = std::make_unique<JournalReplay>(rt, mainIo_.get_executor(), journal->file(),
                                                PgSnapshot{}, options);
       async_.replay = replay.get();
     }
     const std::uint64_t before = replay->stats().done();
-    auto err = co_await replay->run(journal->durableBytes(), async_.urgent);
+    const bool sealed = async_.segments.front().sealed;
+    auto err = co_await replay->run(journal->durableBytes(), async_.urgent || sealed);
+    if (async_.generation != generation) break;  // stopped meanwhile
     if (err) {
       // The destination went away, or refused what the authoritative side
-      // committed: started again from the journal's beginning (the
-      // position skips what was applied) after a pause.
+      // committed: started again from the segment's beginning (the position
+      // skips what was applied) after a pause.
+      const bool down =
+          err->find("lost") != std::string::npos || err->find("cannot") != std::string::npos;
       metrics()
-          .mirrorErrorsTotal(err->find("lost") != std::string::npos ||
-                                     err->find("cannot") != std::string::npos
-                                 ? labels::MirrorErrorReason::kTargetDown
-                                 : labels::MirrorErrorReason::kCommitFailed)
+          .mirrorErrorsTotal(down ? labels::MirrorErrorReason::kTargetDown
+                                  : labels::MirrorErrorReason::kCommitFailed)
           .inc();
       if (*err != lastError) {
         spdlog::error("async mirror: {}; trying again", *err);
@@ -133,15 +173,30 @@ awaitable<void> ProxyServer::asyncApplyLoop(std::uint64_t generation) {
       async_.replay = nullptr;
       replay->close();
       replay.reset();
-      timer.expires_after(std::chrono::seconds(1));
-      error_code ec;
-      co_await timer.async_wait(asio::redirect_error(kUseAwaitable, ec));
+      // Paused in steps: a stop does not wait for the whole second.
+      for (int i = 0; i < 20 && async_.generation == generation && !shuttingDown_; ++i) {
+        timer.expires_after(std::chrono::milliseconds(50));
+        error_code ec;
+        co_await timer.async_wait(asio::redirect_error(kUseAwaitable, ec));
+      }
       continue;
     }
     if (!lastError.empty()) {
       spdlog::info("async mirror: applying again");
       lastError.clear();
       async_.error.clear();
+    }
+    const auto& st = replay->stats();
+    if (sealed && st.queued == 0 && st.readBytes >= journal->durableBytes() &&
+        st.done() >= journal->transactions()) {
+      // A cut segment applied to its end: the next one.
+      std::error_code ec;
+      std::filesystem::remove(journal->file(), ec);
+      async_.replay = nullptr;
+      replay->close();
+      replay.reset();
+      async_.segments.pop_front();
+      continue;
     }
     if (asyncCaughtUp()) async_.caughtUpAt = Clock::now();
     if (replay->stats().done() == before) {
@@ -150,9 +205,9 @@ awaitable<void> ProxyServer::asyncApplyLoop(std::uint64_t generation) {
       co_await timer.async_wait(asio::redirect_error(kUseAwaitable, ec));
     }
   }
-  async_.replay = nullptr;
+  if (replay && async_.replay == replay.get()) async_.replay = nullptr;
   if (replay) replay->close();
-  async_.running = false;
+  --async_.loops;
 }
 
 awaitable<void> ProxyServer::asyncMetricsLoop() {
@@ -160,9 +215,41 @@ awaitable<void> ProxyServer::asyncMetricsLoop() {
   while (!shuttingDown_) {
     metrics().mirrorLagSeconds().set(asyncLagSeconds());
     metrics().mirrorQueueTransactions().set(static_cast<std::int64_t>(asyncQueue()));
+    if (!seed_.journal) {
+      std::uint64_t bytes = 0;
+      for (const auto& seg : async_.segments) bytes += seg.journal->durableBytes();
+      metrics().journalBytes().set(static_cast<std::int64_t>(bytes));
+    }
     timer.expires_after(std::chrono::milliseconds(200));
     error_code ec;
     co_await timer.async_wait(asio::redirect_error(kUseAwaitable, ec));
+  }
+}
+
+awaitable<void> ProxyServer::asyncCutLoop() {
+  asio::steady_timer timer(mainIo_);
+  const std::function<awaitable<void>()> cut = [this]() -> awaitable<void> {
+    // Nothing in flight: every transaction of the segment is in it, with its
+    // outcome; the next transaction of every session goes to the new one,
+    // after that session's state.
+    try {
+      asyncNewSegment();
+      ++async_.cuts;
+    } catch (const std::exception& e) {
+      spdlog::error("async mirror: cannot cut the journal: {}", e.what());
+    }
+    co_return;
+  };
+  while (!shuttingDown_) {
+    timer.expires_after(std::chrono::milliseconds(500));
+    error_code ec;
+    co_await timer.async_wait(asio::redirect_error(kUseAwaitable, ec));
+    if (shuttingDown_) break;
+    const auto limit = runtime()->cfg.state.journalSegment;
+    if (!async_.journal || async_.journal->durableBytes() < limit) continue;
+    // A short hold: a long transaction just makes it wait for the next try.
+    const bool done = co_await phases_->barrier(std::chrono::milliseconds(200), cut);
+    if (!done) spdlog::debug("async mirror: journal cut put off (transactions open)");
   }
 }
 
@@ -191,17 +278,26 @@ awaitable<std::optional<std::string>> ProxyServer::asyncSwitch(Phase to,
                         " transactions left to apply to the " +
                         (async_.toSource ? "source" : "target");
       if (!async_.error.empty()) why += " (" + async_.error + ")";
-      co_return why + " after the drain timeout";
+      // A phase that no longer writes the destination (back to source-only,
+      // on to target-only) is never held up by it: a rollback must work
+      // while the destination is down. What it missed marks the mirror
+      // broken (a seed repairs it).
+      const bool leaves = async_.toSource ? to == Phase::kTargetOnly : to == Phase::kSourceOnly;
+      if (!leaves) co_return why + " after the drain timeout";
+      spdlog::error("async mirror: {}; phase {} goes on without them: the mirror is broken", why,
+                    phaseName(to));
+      registry_.markMirrorBroken();
     }
     co_await asyncStop();
   }
   if (asyncPhase(to)) {
     try {
-      asyncStart(Journal::create(mirrorJournalFile(runtime()->cfg)), targetAuthoritative(to));
+      asyncNewSegment();
     } catch (const std::exception& e) {
       registry_.setJournal(nullptr);
       co_return std::string("cannot start the async mirror's journal: ") + e.what();
     }
+    asyncStart(targetAuthoritative(to));
   } else {
     registry_.setJournal(nullptr);
   }
@@ -222,13 +318,17 @@ void ProxyServer::asyncRestore(Phase current) {
     if (async_.journal) {
       // The new phase's, never used: no session began since.
       ++async_.generation;
-      async_.journal->close();
-      std::error_code ec;
-      std::filesystem::remove(async_.journal->file(), ec);
+      for (auto& seg : async_.segments) {
+        seg.journal->close();
+        std::error_code ec;
+        std::filesystem::remove(seg.journal->file(), ec);
+      }
+      async_.segments.clear();
       async_.journal.reset();
     }
     try {
-      asyncStart(Journal::create(mirrorJournalFile(runtime()->cfg)), targetAuthoritative(current));
+      asyncNewSegment();
+      asyncStart(targetAuthoritative(current));
     } catch (const std::exception& e) {
       spdlog::error("async mirror: cannot start a journal: {}", e.what());
       registry_.setJournal(nullptr);
@@ -241,38 +341,54 @@ void ProxyServer::asyncRestore(Phase current) {
 void ProxyServer::asyncAtStartup() {
   auto rt = runtime();
   const Phase now = phases_->current();
-  const auto file = mirrorJournalFile(rt->cfg);
-  std::error_code ec;
-  const bool exists = std::filesystem::exists(file, ec);
+  const auto files = segmentFiles(rt->cfg);
+  if (!files.empty()) async_.nextNumber = files.back().first + 1;
   if (asyncPhase(now)) {
-    std::shared_ptr<Journal> journal;
-    if (exists) {
-      journal = Journal::reopen(file);
-      spdlog::info(
-          "async mirror: journal {} reopened ({} transactions); applied from where the {} "
-          "stands",
-          file.string(), journal->transactions(), targetAuthoritative(now) ? "source" : "target");
-    } else {
-      journal = Journal::create(file);
+    std::uint64_t transactions = 0;
+    for (const auto& [number, path] : files) {
+      auto journal = Journal::reopen(path);
+      transactions += journal->transactions();
+      async_.segments.push_back({journal, true});
     }
-    asyncStart(std::move(journal), targetAuthoritative(now));
-  } else if (exists) {
+    if (!async_.segments.empty()) {
+      // The last one is written to again; the others are applied first.
+      async_.segments.back().sealed = false;
+      async_.journal = async_.segments.back().journal;
+      for (std::size_t i = 0; i + 1 < async_.segments.size(); ++i) {
+        async_.segments[i].journal->close();
+      }
+      spdlog::info(
+          "async mirror: journal reopened ({} transactions in {} segments); applied from where "
+          "the {} stands",
+          transactions, async_.segments.size(), targetAuthoritative(now) ? "source" : "target");
+    } else {
+      asyncNewSegment();
+    }
+    asyncStart(targetAuthoritative(now));
+  } else if (!files.empty()) {
     // Left by a run in another phase or mode: what it holds may never have
     // reached the other side.
-    auto journal = Journal::reopen(file);
-    const auto n = journal->transactions();
-    journal->close();
+    std::uint64_t n = 0;
+    for (const auto& [number, path] : files) {
+      auto journal = Journal::reopen(path);
+      n += journal->transactions();
+      journal->close();
+    }
     if (n > 0 && writesBoth(now)) {
       spdlog::error(
           "an async mirror journal with {} transactions is left in {} but phase {} does not use "
           "one (mirror.mode {}): the mirror is marked broken; seed the other side again",
-          n, file.string(), phaseName(now),
+          n, rt->cfg.state.dir, phaseName(now),
           rt->cfg.mirror.mode == config::MirrorMode::kAsync ? "async" : "sync");
       registry_.markMirrorBroken();
     }
-    std::filesystem::remove(file, ec);
+    for (const auto& [number, path] : files) {
+      std::error_code ec;
+      std::filesystem::remove(path, ec);
+    }
   }
   asio::co_spawn(mainIo_, asyncMetricsLoop(), asio::detached);
+  asio::co_spawn(mainIo_, asyncCutLoop(), asio::detached);
 }
 
 }  // namespace pghandoff::proxy

@@ -328,6 +328,23 @@ awaitable<PhaseController::Reply> PhaseController::pause(std::chrono::millisecon
   co_return Reply{200, reply({{"paused", "true"}, {"in_flight", "0"}})};
 }
 
+awaitable<bool> PhaseController::barrier(std::chrono::milliseconds drainTimeout,
+                                         const std::function<awaitable<void>()>& atBarrier) {
+  {
+    std::lock_guard lock(mu_);
+    if (hold_ != Hold::kNone) co_return false;
+    hold_ = Hold::kFlip;
+    closed_.store(true);  // seq_cst: before the in-flight count is read
+  }
+  const auto t0 = Clock::now();
+  const bool drained = co_await drain(t0 + drainTimeout);
+  if (drained) co_await atBarrier();
+  openGate();
+  spdlog::debug("barrier: {} ({:.1f} ms)", drained ? "done" : "not drained in time",
+                millis(Clock::now() - t0));
+  co_return drained;
+}
+
 PhaseController::Reply PhaseController::resume() {
   {
     std::lock_guard lock(mu_);

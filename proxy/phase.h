@@ -114,6 +114,13 @@ class PhaseController {
                         config::FlipOnTimeout onTimeout,
                         const std::function<void()>& cancelInFlight,
                         const BeforeSwitch& beforeSwitch = {});
+  // A barrier that changes no phase (the async mirror's journal cut): with
+  // nothing held already, closes the gate, waits up to `drainTimeout` for
+  // in-flight transactions, runs `atBarrier` if they drained, reopens. False
+  // when it did not run (held already, or not drained: tried again later).
+  // Others asking for a pause or a flip meanwhile get 409, as during a flip.
+  awaitable<bool> barrier(std::chrono::milliseconds drainTimeout,
+                          const std::function<awaitable<void>()>& atBarrier);
   // Closes the gate and waits for in-flight transactions to finish. 200 when
   // drained; 503 and the gate reopened when not drained in time (a pause that
   // cannot drain would only stall the application).

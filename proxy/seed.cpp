@@ -217,8 +217,13 @@ awaitable<std::optional<std::string>> JournalReplay::loadPosition() {
   }
   const auto journal = number(*r.rows.back()[0]);
   const auto seq = number(*r.rows.back()[1]);
-  // A position of another journal says nothing about this one.
-  position_ = journal && seq && *journal == options_.journalId ? *seq : 0;
+  // A position of another journal says nothing about this one, unless that
+  // journal was written after it (this one was applied to its end).
+  position_ = 0;
+  if (journal && seq && *journal == options_.journalId) position_ = *seq;
+  for (auto later : options_.laterJournalIds) {
+    if (journal && *journal == later) position_ = UINT64_MAX;
+  }
   co_return std::nullopt;
 }
 

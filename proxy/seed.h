@@ -61,6 +61,9 @@ struct ReplayOptions {
   bool toSource = false;    // the destination: the source (reverse-mirror), else the target
   bool positioned = false;  // keep pghandoff.mirror_position on the destination
   std::uint64_t journalId = 0;
+  // Journals written after this one: a position naming one of them means
+  // this one was applied to its end.
+  std::vector<std::uint64_t> laterJournalIds;
   std::string application = "pghandoff seed replay";
 };
 

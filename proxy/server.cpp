@@ -548,7 +548,8 @@ std::string ProxyServer::statusJson() {
   o << ",\"queue_transactions\":" << asyncQueue();
   if (async_.journal) {
     o << ",\"applying_to\":\"" << (async_.toSource ? "source" : "target")
-      << "\",\"replay_restarts\":" << async_.restarts;
+      << "\",\"replay_restarts\":" << async_.restarts
+      << ",\"journal_segments\":" << async_.segments.size() << ",\"journal_cuts\":" << async_.cuts;
     if (!async_.error.empty()) o << ",\"replay_error\":\"" << jsonEscape(async_.error) << "\"";
   }
   o << ",\"errors\":" << mirrorErrors

@@ -4,6 +4,7 @@
 #pragma once
 
 #include <atomic>
+#include <deque>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -90,17 +91,25 @@ class ProxyServer {
 
   // mirror.mode async (proxy/async_mirror.cpp): in mirror and
   // reverse-mirror, sessions journal what the side that is not
-  // authoritative would get (<state.dir>/mirror-journal), and a replay
-  // applies it there in commit order. Every phase change drains it first.
+  // authoritative would get (<state.dir>/mirror-journal.<n>, cut into
+  // segments at state.journal_segment), and a replay applies it there in
+  // commit order. Every phase change drains it first.
   struct AsyncMirror {
-    std::shared_ptr<Journal> journal;  // null when the phase has none
+    struct Segment {
+      std::shared_ptr<Journal> journal;
+      bool sealed = false;  // cut: nothing more will be written to it
+    };
+    std::deque<Segment> segments;      // oldest first; the replay works on the front
+    std::shared_ptr<Journal> journal;  // the one written to (segments.back()); null: none
+    std::uint64_t nextNumber = 1;      // of the next segment's file
     bool toSource = false;             // the replay's destination
     JournalReplay* replay = nullptr;   // the apply loop's, while it runs
-    bool running = false;              // the apply loop runs
+    int loops = 0;                     // apply loops still running (one, or a stopped one ending)
     std::uint64_t generation = 0;      // a new one stops the loop
     bool urgent = false;               // a flip waits: no 2 s grace for undecided ones
     std::string error;                 // the replay's last failure, until it recovers
     std::uint64_t restarts = 0;        // replays started again after a failure
+    std::uint64_t cuts = 0;            // segments cut
     std::chrono::steady_clock::time_point caughtUpAt{};
   };
   AsyncMirror async_;  // on mainIo_ only
@@ -118,10 +127,14 @@ class ProxyServer {
   // Before the barrier: waits (bounded) until little is left to apply, so
   // that the pause is short.
   awaitable<void> asyncPreDrain(std::chrono::steady_clock::time_point deadline);
-  void asyncStart(std::shared_ptr<Journal> journal, bool toSource);
+  // A new segment file, written to from now on. Throws std::runtime_error.
+  void asyncNewSegment();
+  void asyncStart(bool toSource);
   awaitable<void> asyncStop();
   awaitable<void> asyncApplyLoop(std::uint64_t generation);
   awaitable<void> asyncMetricsLoop();
+  // Cuts the journal at a short barrier once its segment is big enough.
+  awaitable<void> asyncCutLoop();
   void asyncAtStartup();
   [[nodiscard]] bool asyncCaughtUp() const;
   [[nodiscard]] double asyncLagSeconds() const;

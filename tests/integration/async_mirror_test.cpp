@@ -37,6 +37,16 @@ constexpr const char* kLedger =
     "CREATE TABLE ledger (id bigserial PRIMARY KEY, client text, k int, amount numeric, note "
     "text, created_at timestamptz DEFAULT now(), u uuid DEFAULT gen_random_uuid())";
 
+// The async journal's segment files under the state directory.
+int segmentFiles(const std::string& stateDir) {
+  int n = 0;
+  std::error_code ec;
+  for (const auto& e : std::filesystem::directory_iterator(stateDir, ec)) {
+    if (e.path().filename().string().rfind("mirror-journal.", 0) == 0) ++n;
+  }
+  return n;
+}
+
 std::string tableDigest(PgCluster& c, const std::string& table) {
   return c.psql(
       "SELECT count(*) || ' ' || coalesce(md5(string_agg(x::text, '|' ORDER BY "
@@ -54,8 +64,9 @@ class AsyncMirror : public ::testing::Test {
     if (HasFailure() && proxy_) proxy_->printLogTail(12000);
     proxy_.reset();
   }
-  void startProxy(const std::string& extra = {}) {
+  void startProxy(const std::string& extra = {}, const std::string& segment = {}) {
     ProxyOptions o;
+    o.journalSegment = segment;
     o.sourceUrl = source_->url();
     o.targetUrl = target_->url();
     o.logLevel = "info";
@@ -154,7 +165,7 @@ TEST_F(AsyncMirror, AcknowledgesAheadOfTheTargetAndTheFlipWaitsForIt) {
   EXPECT_EQ(tableDigest(*source_, "acct"), tableDigest(*target_, "acct"));
   EXPECT_EQ(tableDigest(*source_, "events"), tableDigest(*target_, "events"));
   EXPECT_EQ(queue(), 0);
-  EXPECT_FALSE(std::filesystem::exists(proxy_->stateDir() + "/mirror-journal"));
+  EXPECT_EQ(segmentFiles(proxy_->stateDir()), 0);
   // Reads from the target see every acknowledged write (mirror-read-target
   // mirrors in sync).
   EXPECT_EQ(app.exec("SELECT sum(v) FROM acct").value(), "122");
@@ -215,6 +226,33 @@ TEST_F(AsyncMirror, ATransactionTheTargetRefusesHoldsTheReplayUntilPutRight) {
   EXPECT_EQ(proxy_->http("GET", "/status").body.find("replay_error"), std::string::npos);
 }
 
+// Back to source-only while the target cannot take what is journaled: a
+// rollback is never held up by the side it leaves; the target missed writes,
+// so the mirror is marked broken and no phase reads from it until a seed.
+TEST_F(AsyncMirror, RollbackToSourceOnlyIsNotHeldUpByAStuckTarget) {
+  source_->psql(kSchema);
+  target_->psql(kSchema);
+  target_->psql("INSERT INTO acct VALUES (99, 0)");
+  startProxy();
+  ASSERT_EQ(flip("mirror").status, 200);
+  PqConn app(proxy_->url());
+  app.execOrThrow("INSERT INTO acct VALUES (99, 5)");
+  EXPECT_TRUE(waitFor([&] { return queue() >= 1 && lag() > 0; }, 5s, 50ms));
+  auto r = flip("source-only", "1s");
+  EXPECT_EQ(r.status, 200) << r.body;
+  EXPECT_EQ(phase(), "source-only");
+  auto status = proxy_->http("GET", "/status").body;
+  EXPECT_NE(status.find(R"("state":"broken")"), std::string::npos) << status;
+  EXPECT_EQ(segmentFiles(proxy_->stateDir()), 0);
+  app.execOrThrow("INSERT INTO events VALUES (1, 'source-only')");
+  EXPECT_EQ(source_->psql("SELECT count(*) FROM events"), "1");
+  // Forward again: the target may not serve reads before it is seeded again.
+  ASSERT_EQ(flip("mirror").status, 200);
+  auto refused = flip("mirror-read-target");
+  EXPECT_EQ(refused.status, 409) << refused.body;
+  EXPECT_NE(refused.body.find("broken"), std::string::npos) << refused.body;
+}
+
 // The proxy killed with transactions journaled and not yet applied (some
 // applied before): restarted, it reopens the journal and applies exactly
 // the rest — no row twice (a table without a key would show it), none
@@ -222,7 +260,7 @@ TEST_F(AsyncMirror, ATransactionTheTargetRefusesHoldsTheReplayUntilPutRight) {
 TEST_F(AsyncMirror, AProxyKilledWithALagAppliesTheRestOnceAfterRestart) {
   source_->psql(kSchema);
   target_->psql(kSchema);
-  startProxy();
+  startProxy({}, "2KiB");  // small segments: the lag spans several, cut at barriers
   ASSERT_EQ(flip("mirror").status, 200);
   {
     PqConn app(proxy_->url());
@@ -243,6 +281,14 @@ TEST_F(AsyncMirror, AProxyKilledWithALagAppliesTheRestOnceAfterRestart) {
     app.execOrThrow("UPDATE acct SET v = 7 WHERE id = 7");
     app.execOrThrow("COMMIT");
     EXPECT_TRUE(waitFor([&] { return queue() >= 21; }, 5s, 100ms)) << queue();
+    // Cut into segments meanwhile (each session's state copied into the new
+    // segment at its next transaction).
+    EXPECT_TRUE(waitFor([&] { return segmentFiles(proxy_->stateDir()) >= 2; }, 5s, 100ms));
+    for (int i = 30; i < 40; ++i) {
+      ASSERT_TRUE(app.execPrepared("ins", {std::to_string(i)}).ok);
+    }
+    auto st = proxy_->http("GET", "/status").body;
+    EXPECT_EQ(st.find(R"("journal_cuts":0)"), std::string::npos) << st;
     proxy_->signal(SIGKILL);
     proxy_->waitExit(10s);
     locker.execOrThrow("COMMIT");
@@ -251,8 +297,9 @@ TEST_F(AsyncMirror, AProxyKilledWithALagAppliesTheRestOnceAfterRestart) {
   proxy_->restart();
   EXPECT_EQ(phase(), "mirror");
   ASSERT_TRUE(drained());
-  EXPECT_NE(proxy_->log().find("reopened (31 transactions)"), std::string::npos);
-  EXPECT_EQ(target_->psql("SELECT count(*), count(DISTINCT n) FROM events"), "31|31");
+  EXPECT_NE(proxy_->log().find("journal reopened ("), std::string::npos);
+  EXPECT_EQ(target_->psql("SELECT count(*), count(DISTINCT n) FROM events"), "41|41");
+  EXPECT_EQ(segmentFiles(proxy_->stateDir()), 1);  // the applied ones removed
   EXPECT_EQ(tableDigest(*source_, "events"), tableDigest(*target_, "events"));
   EXPECT_EQ(tableDigest(*source_, "acct"), tableDigest(*target_, "acct"));
   // And it goes on from there.
@@ -307,7 +354,7 @@ TEST_F(AsyncMirror, ATargetCrashIsInvisibleToClientsAndTheReplayCatchesUp) {
 TEST_F(AsyncMirror, SeedThenTheWholeWalkWithClientsWriting) {
   source_->pgbenchInit(5);
   source_->psql(kLedger);
-  startProxy();
+  startProxy({}, "64KiB");  // cut into segments under load
   auto env = clientEnv();
   env["PGHANDOFF_LEDGER_TABLE"] = "ledger";
   env["PGHANDOFF_LEDGER_SECONDS"] = "14";
@@ -332,6 +379,7 @@ TEST_F(AsyncMirror, SeedThenTheWholeWalkWithClientsWriting) {
   std::this_thread::sleep_for(2500ms);
   auto status = proxy_->http("GET", "/status").body;
   EXPECT_NE(status.find(R"("state":"async")"), std::string::npos) << status;
+  EXPECT_EQ(status.find(R"("journal_cuts":0)"), std::string::npos) << status;
   for (const char* p : {"mirror-read-target", "reverse-mirror"}) {
     auto r = flip(p);
     EXPECT_EQ(r.status, 200) << r.body;
@@ -362,7 +410,7 @@ TEST_F(AsyncMirror, SeedThenTheWholeWalkWithClientsWriting) {
   EXPECT_EQ(r.status, 200) << r.body;
   EXPECT_NE(proxy_->http("GET", "/status").body.find("\"divergences\":0,"), std::string::npos);
   EXPECT_EQ(proxy_->log().find("divergence ("), std::string::npos);
-  EXPECT_FALSE(std::filesystem::exists(proxy_->stateDir() + "/mirror-journal"));
+  EXPECT_EQ(segmentFiles(proxy_->stateDir()), 0);
 }
 
 }  // namespace

@@ -370,8 +370,11 @@ std::string ProxyProcess::configYaml() const {
   }
   y << "admin:\n  listen: " << yamlQuote("127.0.0.1:" + std::to_string(adminPort_))
     << "\n  token: " << yamlQuote(options_.adminToken) << "\n"
-    << "state:\n  dir: " << yamlQuote(stateDir()) << "\n"
-    << "log:\n  level: " << yamlQuote(options_.logLevel)
+    << "state:\n  dir: " << yamlQuote(stateDir()) << "\n";
+  if (!options_.journalSegment.empty()) {
+    y << "  journal_segment: " << yamlQuote(options_.journalSegment) << "\n";
+  }
+  y << "log:\n  level: " << yamlQuote(options_.logLevel)
     << "\n  format: " << yamlQuote(options_.logFormat) << "\n";
   if (!options_.extraYaml.empty()) {
     y << options_.extraYaml << "\n";

@@ -44,7 +44,8 @@ struct ProxyOptions {
   std::string authMethod = "scram-sha-256";
   std::vector<std::pair<std::string, std::string>> users = {{"app", "app-secret"}};
   std::string adminToken = "test-admin-token";
-  std::string extraYaml;  // appended verbatim (e.g. "limits: {max_client_connections: 5}")
+  std::string journalSegment;  // state.journal_segment, omitted when empty
+  std::string extraYaml;       // appended verbatim (e.g. "limits: {max_client_connections: 5}")
   std::string logFormat = "text";
   std::string logLevel = "debug";
   std::map<std::string, std::string> env;  // extra environment for the proxy

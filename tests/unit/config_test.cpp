@@ -101,7 +101,7 @@ TEST(ConfigLoad, EveryKeySet) {
       "flip: { drain_timeout: 250ms, on_timeout: cancel }\n"
       "limits: { max_client_connections: 5, max_message_bytes: 512KiB, startup_timeout: 2m,"
       " shutdown_timeout: 0 }\n"
-      "state: { dir: state }\n"
+      "state: { dir: state, journal_segment: 8MiB }\n"
       "log: { level: debug, format: json }\n"
       "threads: 4\n";
   LoadResult r = loadConfigString(yaml, kNoEnv, "x.yaml", "/etc/pgh");
@@ -122,6 +122,7 @@ TEST(ConfigLoad, EveryKeySet) {
   EXPECT_EQ(c.admin.listen, (Endpoint{"localhost", 9000}));
   EXPECT_EQ(c.admin.token, "t0k");
   EXPECT_EQ(c.mirror.mode, MirrorMode::kAsync);
+  EXPECT_EQ(c.state.journalSegment, 8ull << 20);
   EXPECT_EQ(c.mirror.nondeterministic, Nondeterministic::kWarn);
   EXPECT_EQ(c.mirror.onDivergence, OnDivergence::kPauseMirroring);
   EXPECT_EQ(c.mirror.onTargetError, OnTargetError::kDegrade);
@@ -218,6 +219,10 @@ TEST(ConfigErrors, EachBadValueNamesPathAndLine) {
        "must be at least 1KiB and at most 1GiB-1 (1073741823 bytes)"},
       {"limits: { max_message_bytes: 1023 }\n", "limits.max_message_bytes", 5,
        "must be at least 1KiB and at most 1GiB-1 (1073741823 bytes)"},
+      {"state: { journal_segment: 1000 }\n", "state.journal_segment", 5,
+       "must be at least 1KiB and at most 1TiB"},
+      {"state: { journal_segment: big }\n", "state.journal_segment", 5,
+       "invalid size \"big\" (expected e.g. 64MiB, 512KiB)"},
       {"limits: { max_message_bytes: 64XB }\n", "limits.max_message_bytes", 5,
        "invalid size \"64XB\" (expected e.g. 64MiB, 512KiB, 1000)"},
       {"limits:\n  max_mesage_bytes: 1\n", "limits.max_mesage_bytes", 6,
@@ -249,7 +254,8 @@ TEST(ConfigErrors, EachBadValueNamesPathAndLine) {
       {"source: { url: \"postgres://x@y/z\" }\n", "source", 5,
        "duplicate key (first given at line 1)"},
       {"state: { dir: /a, dir: /b }\n", "state.dir", 5, "duplicate key (first given at line 5)"},
-      {"state: { path: /a }\n", "state.path", 5, "unknown key (expected one of: dir)"},
+      {"state: { path: /a }\n", "state.path", 5,
+       "unknown key (expected one of: dir, journal_segment)"},
       {"target: { url: \"postgres://h:0/db\" }\n", "target.url", 5,
        "invalid connection string: invalid port number (expected 1-65535)"},
   };

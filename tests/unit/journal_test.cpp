@@ -17,6 +17,8 @@ JournalTx sample(std::uint64_t seq, std::uint64_t xid) {
   tx.xid = xid;
   tx.readies = 2;
   tx.commitReadies = 1;
+  tx.at = 1700000000123456 + seq;
+  tx.implicit = seq % 2 == 0;
   tx.bytes = {'Q', 0, 0, 0, 10, 'B', 'E', 'G', 'I', 'N', 0};
   tx.commit = {'Q', 0, 0, 0, 11, 'C', 'O', 'M', 'M', 'I', 'T', 0};
   return tx;
@@ -48,6 +50,9 @@ TEST(Journal, RecordsRoundTrip) {
   EXPECT_EQ(j->txs[0].commit, sample(1, 750).commit);
   EXPECT_EQ(j->txs[0].readies, 2u);
   EXPECT_EQ(j->txs[0].commitReadies, 1u);
+  EXPECT_EQ(j->txs[0].at, 1700000000123457u);
+  EXPECT_FALSE(j->txs[0].implicit);
+  EXPECT_TRUE(j->txs[1].implicit);
   EXPECT_TRUE(j->outcomes.at(1));
   EXPECT_FALSE(j->outcomes.at(2));
 }
@@ -120,6 +125,27 @@ TEST(Journal, ReopenCutsATornTailAndGoesOn) {
   EXPECT_FALSE(parsed->torn);
   EXPECT_EQ(parsed->sessions.count(4), 1u);
   EXPECT_TRUE(parsed->outcomes.at(9));
+  std::filesystem::remove_all(dir);
+}
+
+// Each journal has an id of its own (an async mirror's replay position names
+// the journal it belongs to), written first and kept when it is reopened.
+TEST(Journal, HasAnIdOfItsOwnThatSurvivesAReopen) {
+  const auto dir = std::filesystem::temp_directory_path() /
+                   ("pghandoff-journal-id-test-" + std::to_string(::getpid()));
+  std::filesystem::create_directories(dir);
+  auto a = Journal::create(dir / "a");
+  auto b = Journal::create(dir / "b");
+  EXPECT_NE(a->id(), 0u);
+  EXPECT_NE(a->id(), b->id());
+  const auto id = a->id();
+  a->close();
+  a.reset();
+  auto again = Journal::reopen(dir / "a");
+  EXPECT_EQ(again->id(), id);
+  EXPECT_EQ(again->transactions(), 0u);
+  again->close();
+  b->close();
   std::filesystem::remove_all(dir);
 }
 
