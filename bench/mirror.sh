@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Dual-write benchmark: TPC-B-like pgbench through pghandoff in phase
-# `mirror` vs straight to the source vs pgpool-II in native replication mode
-# over the same two servers, in one run. Prints TPS, the ratios, whether each
+# `mirror` (mirror.mode sync, and a second proxy in mode async) vs straight
+# to the source vs pgpool-II in native replication mode over the same two
+# servers, in one run. Prints TPS, the ratios, whether each
 # left the two databases identical, and the flip pauses pghandoff measured
 # while flipping between mirror and mirror-read-target under that load.
 # Not a test: it asserts nothing. See bench/README.md.
@@ -23,7 +24,7 @@ case "$WORKLOAD" in tpcb | serial) ;; *) echo "BENCH_WORKLOAD must be tpcb or se
 PGBIN=/usr/lib/postgresql/15/bin
 PGPOOL=/usr/sbin/pgpool
 BIN="$PWD/build/release/cli/pghandoff"
-TARGETS=(direct pghandoff pgpool)
+TARGETS=(direct pghandoff pghandoff-async pgpool)
 
 for n in DURATION REPEAT CLIENTS; do
   [[ "${!n}" =~ ^[1-9][0-9]*$ ]] || { echo "$n must be a positive integer" >&2; exit 2; }
@@ -46,11 +47,13 @@ work=$(mktemp -d /tmp/pghandoff-bench-mirror.XXXXXX)
 chmod 755 "$work"
 is_root && chown postgres "$work"
 proxy_pid=""
+async_pid=""
 pool_pid=""
 # shellcheck disable=SC2317  # invoked by the EXIT trap
 cleanup() {
   set +e
   [ -n "$proxy_pid" ] && kill -TERM "$proxy_pid" 2>/dev/null && wait "$proxy_pid" 2>/dev/null
+  [ -n "$async_pid" ] && kill -TERM "$async_pid" 2>/dev/null && wait "$async_pid" 2>/dev/null
   if [ -n "$pool_pid" ]; then
     # pgpool's children outlive a killed parent (and spin once their servers
     # are gone): end its whole process group, before the servers.
@@ -147,14 +150,39 @@ state: { dir: $work/state }
 log: { level: warn, format: text }
 threads: ${BENCH_THREADS:-2}
 YAML
+# The same in mirror.mode async: acknowledged once journaled, applied to the
+# target by the proxy's replay (compared once it has caught up).
+qport=$(free_port)
+bport=$(free_port)
+sed -e "s/^listen: .*/listen: 127.0.0.1:$qport/" \
+    -e "s/^admin: .*/admin: { listen: 127.0.0.1:$bport, token: \"\${PGHANDOFF_ADMIN_TOKEN}\" }/" \
+    -e "s/^mirror: .*/mirror: { nondeterministic: reject, mode: async }/" \
+    -e "s|^state: .*|state: { dir: $work/state-async }|" \
+    "$work/pghandoff.yaml" > "$work/pghandoff-async.yaml"
 PGHANDOFF_ADMIN_TOKEN="$token" "$BIN" proxy --config "$work/pghandoff.yaml" 2> "$work/pghandoff.log" &
 proxy_pid=$!
-for _ in $(seq 100); do curl -sf "http://127.0.0.1:$aport/healthz" >/dev/null 2>&1 && break; sleep 0.1; done
-phase() {
+PGHANDOFF_ADMIN_TOKEN="$token" "$BIN" proxy --config "$work/pghandoff-async.yaml" \
+  2> "$work/pghandoff-async.log" &
+async_pid=$!
+for a in "$aport" "$bport"; do
+  for _ in $(seq 100); do curl -sf "http://127.0.0.1:$a/healthz" >/dev/null 2>&1 && break; sleep 0.1; done
+done
+phase() {  # phase NAME [ADMIN_PORT]
   curl -sf -H "Authorization: Bearer $token" -X POST -d "{\"phase\":\"$1\"}" \
-    "http://127.0.0.1:$aport/phase"
+    "http://127.0.0.1:${2:-$aport}/phase"
+}
+# The async proxy's replay: waits until nothing is left to apply.
+drained() {
+  for _ in $(seq 600); do
+    q=$(curl -sf -H "Authorization: Bearer $token" "http://127.0.0.1:$bport/metrics" |
+      awk '/^pghandoff_mirror_queue_transactions / {print $2}')
+    [ "$q" = 0 ] && return 0
+    sleep 0.1
+  done
+  return 1
 }
 phase mirror > /dev/null
+phase mirror "$bport" > /dev/null
 
 # --- pgpool-II (native replication over the same two servers) --------------
 ppool=$(free_port)
@@ -203,27 +231,36 @@ for _ in $(seq 100); do
   sleep 0.2
 done
 
-port_of() { case "$1" in direct) echo "$sport" ;; pghandoff) echo "$pport" ;; pgpool) echo "$ppool" ;; esac; }
+port_of() {
+  case "$1" in
+    direct) echo "$sport" ;; pghandoff) echo "$pport" ;; pghandoff-async) echo "$qport" ;;
+    pgpool) echo "$ppool" ;;
+  esac
+}
 mkdir -p "$work/results"
-pauses="$work/results/pauses"
-: > "$pauses"
+: > "$work/results/pauses-pghandoff"
+: > "$work/results/pauses-pghandoff-async"
 for r in $(seq "$REPEAT"); do
   echo "== round $r/$REPEAT" >&2
   for t in "${TARGETS[@]}"; do
     reinit
     flipper=""
-    if [ "$t" = pghandoff ]; then
-      # Flips under load: mirror <-> mirror-read-target every 0.5 s.
+    if [ "$t" = pghandoff ] || [ "$t" = pghandoff-async ]; then
+      # Flips under load: mirror <-> mirror-read-target every 0.5 s (in
+      # async mode each waits at its barrier for the replay to catch up).
+      admin=$aport
+      [ "$t" = pghandoff-async ] && admin=$bport
       (
         sleep 1
         end=$((SECONDS + DURATION - 2))
         p=mirror-read-target
         while [ "$SECONDS" -lt "$end" ]; do
-          phase "$p" | python3 -c 'import json,sys; print(json.load(sys.stdin)["pause_ms"])' >> "$pauses"
+          phase "$p" "$admin" | python3 -c 'import json,sys; print(json.load(sys.stdin)["pause_ms"])' \
+            >> "$work/results/pauses-$t"
           if [ "$p" = mirror ]; then p=mirror-read-target; else p=mirror; fi
           sleep 0.5
         done
-        phase mirror > /dev/null
+        phase mirror "$admin" > /dev/null
       ) &
       flipper=$!
     fi
@@ -241,7 +278,8 @@ for r in $(seq "$REPEAT"); do
     [ -n "$flipper" ] && wait "$flipper"
     tps=$(awk '/^tps = / {print $3; exit}' "$out")
     verdict="n/a"
-    [ "$t" != direct ] && verdict=$(same)
+    if [ "$t" = pghandoff-async ] && ! drained; then verdict="replay-behind"
+    elif [ "$t" != direct ]; then verdict=$(same); fi
     echo "$tps $verdict" >> "$work/results/$t"
     printf '  %-9s %10.1f tps  %s\n' "$t" "$tps" "$verdict" >&2
   done
@@ -254,22 +292,29 @@ import statistics, sys
 d = sys.argv[1]
 def rows(t):
     return [l.split(None, 1) for l in open(f"{d}/{t}") if l.strip()]
-med = {t: statistics.median(float(r[0]) for r in rows(t)) for t in ("direct", "pghandoff", "pgpool")}
-verdicts = {t: sorted({r[1].strip() for r in rows(t)}) for t in ("pghandoff", "pgpool")}
-print(f"direct_tps {med['direct']:.0f}  pghandoff_tps {med['pghandoff']:.0f}  pgpool_tps {med['pgpool']:.0f}")
+names = ("direct", "pghandoff", "pghandoff-async", "pgpool")
+med = {t: statistics.median(float(r[0]) for r in rows(t)) for t in names}
+verdicts = {t: sorted({r[1].strip() for r in rows(t)}) for t in names[1:]}
+print(f"direct_tps {med['direct']:.0f}  pghandoff_tps {med['pghandoff']:.0f}  "
+      f"pghandoff_async_tps {med['pghandoff-async']:.0f}  pgpool_tps {med['pgpool']:.0f}")
 if med["direct"] > 0:
-    print(f"pghandoff/direct {med['pghandoff']/med['direct']:.2f}  pgpool/direct {med['pgpool']/med['direct']:.2f}", end="")
+    print(f"pghandoff/direct {med['pghandoff']/med['direct']:.2f}  "
+          f"pghandoff-async/direct {med['pghandoff-async']/med['direct']:.2f}  "
+          f"pgpool/direct {med['pgpool']/med['direct']:.2f}", end="")
 if med["pgpool"] > 0:
     print(f"  pghandoff/pgpool {med['pghandoff']/med['pgpool']:.2f}")
 else:
     print()
+if med["pghandoff"] > 0:
+    print(f"pghandoff-async/pghandoff {med['pghandoff-async']/med['pghandoff']:.2f}")
 for t, v in verdicts.items():
     print(f"{t}: the two databases after each run: {', '.join(v)}")
-p = sorted(float(x) for x in open(f"{d}/pauses") if x.strip())
-if p:
-    q = lambda f: p[min(len(p) - 1, int(round(f * (len(p) - 1))))]
-    print(f"pghandoff flip pauses under load ({len(p)} flips): p50 {q(0.5):.1f} ms  "
-          f"p99 {q(0.99):.1f} ms  max {p[-1]:.1f} ms")
+for t in ("pghandoff", "pghandoff-async"):
+    p = sorted(float(x) for x in open(f"{d}/pauses-{t}") if x.strip())
+    if p:
+        q = lambda f: p[min(len(p) - 1, int(round(f * (len(p) - 1))))]
+        print(f"{t} flip pauses under load ({len(p)} flips): p50 {q(0.5):.1f} ms  "
+              f"p99 {q(0.99):.1f} ms  max {p[-1]:.1f} ms")
 PY
 if [ "$WORKLOAD" = serial ]; then
   echo "(identical: every column; defaults-differ: same ids, created_at or uuid computed on each"
@@ -278,5 +323,6 @@ else
   echo "(identical: same rows and history mtime; mtime-differs: same rows, CURRENT_TIMESTAMP"
   echo " evaluated on each server; rows-differ: the servers diverged)"
 fi
-echo "pghandoff log lines at level warn or above: $(grep -c . "$work/pghandoff.log" || true)"
+echo "pghandoff log lines at level warn or above: $(grep -c . "$work/pghandoff.log" || true)" \
+  "(async: $(grep -c . "$work/pghandoff-async.log" || true))"
 exit 0
