@@ -87,15 +87,29 @@ double ProxyServer::asyncLagSeconds() const {
   return std::chrono::duration<double>(Clock::now() - async_.caughtUpAt).count();
 }
 
-void ProxyServer::asyncNewSegment() {
+std::shared_ptr<Journal> ProxyServer::asyncPrepare(Phase to) {
+  if (!asyncPhase(to)) return nullptr;
   auto journal = Journal::create(segmentFile(runtime()->cfg, async_.nextNumber));
   ++async_.nextNumber;
+  return journal;
+}
+
+std::shared_ptr<Journal> ProxyServer::asyncNewSegment(std::shared_ptr<Journal> journal) {
+  if (!journal) journal = asyncPrepare(Phase::kMirror);
+  if (!journal) throw std::runtime_error("mirror.mode is not async");
   if (!async_.segments.empty()) async_.segments.back().sealed = true;
   async_.segments.push_back({journal, false});
-  auto old = std::exchange(async_.journal, journal);
   registry_.setJournal(journal);
-  // What it still had queued (outcomes) is written before it stops.
-  if (old) old->close();
+  return std::exchange(async_.journal, journal);
+}
+
+void ProxyServer::asyncDispose(std::vector<std::shared_ptr<Journal>> journals) {
+  for (auto& j : journals) {
+    if (!j) continue;
+    j->close();
+    std::error_code ec;
+    std::filesystem::remove(j->file(), ec);
+  }
 }
 
 void ProxyServer::asyncStart(bool toSource) {
@@ -107,7 +121,7 @@ void ProxyServer::asyncStart(bool toSource) {
   asio::co_spawn(mainIo_, asyncApplyLoop(++async_.generation), asio::detached);
 }
 
-awaitable<void> ProxyServer::asyncStop() {
+awaitable<std::vector<std::shared_ptr<Journal>>> ProxyServer::asyncStop() {
   ++async_.generation;
   asio::steady_timer t(mainIo_);
   // The loop ends at its next turn (it is idle: the caller waited for it to
@@ -116,16 +130,16 @@ awaitable<void> ProxyServer::asyncStop() {
     t.expires_after(std::chrono::milliseconds(1));
     co_await t.async_wait(kUseAwaitable);
   }
-  for (auto& seg : async_.segments) {
-    seg.journal->close();
-    std::error_code ec;
-    std::filesystem::remove(seg.journal->file(), ec);
-  }
+  // Closed and removed by the caller, past the barrier (closing waits for
+  // the writer's last fsync).
+  std::vector<std::shared_ptr<Journal>> retired;
+  for (auto& seg : async_.segments) retired.push_back(seg.journal);
   async_.segments.clear();
   async_.journal.reset();
   async_.error.clear();
   metrics().mirrorLagSeconds().set(0);
   metrics().mirrorQueueTransactions().set(0);
+  co_return retired;
 }
 
 awaitable<void> ProxyServer::asyncApplyLoop(std::uint64_t generation) {
@@ -228,15 +242,20 @@ awaitable<void> ProxyServer::asyncMetricsLoop() {
 
 awaitable<void> ProxyServer::asyncCutLoop() {
   asio::steady_timer timer(mainIo_);
-  const std::function<awaitable<void>()> cut = [this]() -> awaitable<void> {
-    // Nothing in flight: every transaction of the segment is in it, with its
-    // outcome; the next transaction of every session goes to the new one,
-    // after that session's state.
-    try {
-      asyncNewSegment();
+  // The next segment is made (its file synced) before the barrier, and the
+  // old one closed (its last fsync waited for) after it: the hold is only
+  // the drain and a pointer swap.
+  std::shared_ptr<Journal> next;
+  std::shared_ptr<Journal> base;  // the segment written to when `next` was made
+  std::shared_ptr<Journal> old;
+  const std::function<awaitable<void>()> cut = [this, &next, &base, &old]() -> awaitable<void> {
+    // Nothing in flight: every transaction of the segment is in it; the next
+    // transaction of every session goes to the new one, after that
+    // session's state. (A flip meanwhile started a journal of its own,
+    // numbered after `next`: then `next` is dropped.)
+    if (async_.journal && async_.journal == base) {
+      old = asyncNewSegment(std::move(next));
       ++async_.cuts;
-    } catch (const std::exception& e) {
-      spdlog::error("async mirror: cannot cut the journal: {}", e.what());
     }
     co_return;
   };
@@ -247,25 +266,47 @@ awaitable<void> ProxyServer::asyncCutLoop() {
     if (shuttingDown_) break;
     const auto limit = runtime()->cfg.state.journalSegment;
     if (!async_.journal || async_.journal->durableBytes() < limit) continue;
+    if (next && base != async_.journal) {
+      asyncDispose({std::exchange(next, nullptr)});
+    }
+    if (!next) {
+      try {
+        next = asyncPrepare(Phase::kMirror);
+        base = async_.journal;
+      } catch (const std::exception& e) {
+        spdlog::error("async mirror: cannot cut the journal: {}", e.what());
+        continue;
+      }
+    }
     // A short hold: a long transaction just makes it wait for the next try.
     const bool done = co_await phases_->barrier(std::chrono::milliseconds(200), cut);
     if (!done) spdlog::debug("async mirror: journal cut put off (transactions open)");
+    if (old) old->close();
+    old.reset();
   }
+  if (next) asyncDispose({next});
 }
 
 awaitable<void> ProxyServer::asyncPreDrain(Clock::time_point deadline) {
   if (!async_.journal) co_return;
   asio::steady_timer t(mainIo_);
-  while (Clock::now() < deadline && asyncQueue() > 100) {
+  // At most half the drain timeout: a replay slower than the writes leaves
+  // the barrier the other half.
+  const auto start = Clock::now();
+  const auto until = start + (deadline - start) / 2;
+  while (Clock::now() < until && asyncQueue() > 8) {
     t.expires_after(std::chrono::milliseconds(5));
     co_await t.async_wait(kUseAwaitable);
   }
 }
 
-awaitable<std::optional<std::string>> ProxyServer::asyncSwitch(Phase to,
-                                                               Clock::time_point deadline) {
+awaitable<std::optional<std::string>> ProxyServer::asyncSwitch(
+    Phase to, Clock::time_point deadline, std::shared_ptr<Journal> prepared,
+    std::vector<std::shared_ptr<Journal>>& retired) {
   if (async_.journal) {
     // Every transaction has drained: what is journaled is all there will be.
+    const auto t0 = Clock::now();
+    const std::uint64_t left = asyncQueue();
     async_.urgent = true;
     asio::steady_timer t(mainIo_);
     while (!asyncCaughtUp() && Clock::now() < deadline) {
@@ -288,15 +329,17 @@ awaitable<std::optional<std::string>> ProxyServer::asyncSwitch(Phase to,
                     phaseName(to));
       registry_.markMirrorBroken();
     }
-    co_await asyncStop();
+    spdlog::info("async mirror: {} transactions applied to the {} at the barrier in {:.1f} ms",
+                 left, async_.toSource ? "source" : "target",
+                 std::chrono::duration<double, std::milli>(Clock::now() - t0).count());
+    retired = co_await asyncStop();
   }
   if (asyncPhase(to)) {
-    try {
-      asyncNewSegment();
-    } catch (const std::exception& e) {
+    if (!prepared) {
       registry_.setJournal(nullptr);
-      co_return std::string("cannot start the async mirror's journal: ") + e.what();
+      co_return std::string("the async mirror's journal could not be created");
     }
+    (void)asyncNewSegment(std::move(prepared));
     asyncStart(targetAuthoritative(to));
   } else {
     registry_.setJournal(nullptr);
@@ -305,37 +348,36 @@ awaitable<std::optional<std::string>> ProxyServer::asyncSwitch(Phase to,
 }
 
 void ProxyServer::asyncRestore(Phase current) {
+  const bool wants = asyncPhase(current);
+  if (wants && async_.journal && async_.toSource == targetAuthoritative(current)) {
+    registry_.setJournal(async_.journal);  // still the phase's own
+    return;
+  }
+  if (async_.journal) {
+    // The new phase's, never used (no session began since): dropped.
+    ++async_.generation;
+    std::vector<std::shared_ptr<Journal>> unused;
+    for (auto& seg : async_.segments) unused.push_back(seg.journal);
+    async_.segments.clear();
+    async_.journal.reset();
+    asyncDispose(std::move(unused));
+  }
   if (current == Phase::kSeeding) {
     registry_.setJournal(seed_.journal);
     return;
   }
-  if (asyncPhase(current)) {
-    if (async_.journal && async_.toSource == targetAuthoritative(current)) {
-      registry_.setJournal(async_.journal);
-      return;
-    }
-    // The journal of the phase that stays was applied and removed already.
-    if (async_.journal) {
-      // The new phase's, never used: no session began since.
-      ++async_.generation;
-      for (auto& seg : async_.segments) {
-        seg.journal->close();
-        std::error_code ec;
-        std::filesystem::remove(seg.journal->file(), ec);
-      }
-      async_.segments.clear();
-      async_.journal.reset();
-    }
-    try {
-      asyncNewSegment();
-      asyncStart(targetAuthoritative(current));
-    } catch (const std::exception& e) {
-      spdlog::error("async mirror: cannot start a journal: {}", e.what());
-      registry_.setJournal(nullptr);
-    }
+  if (!wants) {
+    registry_.setJournal(nullptr);
     return;
   }
-  registry_.setJournal(nullptr);
+  // The journal of the phase that stays was applied and removed already.
+  try {
+    (void)asyncNewSegment();
+    asyncStart(targetAuthoritative(current));
+  } catch (const std::exception& e) {
+    spdlog::error("async mirror: cannot start a journal: {}", e.what());
+    registry_.setJournal(nullptr);
+  }
 }
 
 void ProxyServer::asyncAtStartup() {
@@ -362,7 +404,7 @@ void ProxyServer::asyncAtStartup() {
           "the {} stands",
           transactions, async_.segments.size(), targetAuthoritative(now) ? "source" : "target");
     } else {
-      asyncNewSegment();
+      (void)asyncNewSegment();
     }
     asyncStart(targetAuthoritative(now));
   } else if (!files.empty()) {

@@ -316,9 +316,21 @@ awaitable<void> ProxyServer::seedCatchUp(std::chrono::milliseconds drain) {
   auto target = sides.second;
   JournalReplay* replay = seed_.replay.get();
   std::shared_ptr<Journal> journal = seed_.journal;
+  // mirror.mode async: the mirror's first journal segment, made before the
+  // barrier.
+  std::shared_ptr<Journal> prepared;
+  try {
+    prepared = asyncPrepare(Phase::kMirror);
+  } catch (const std::exception& e) {
+    sides.close();
+    fail(std::string("cannot create the async mirror's journal: ") + e.what());
+    co_return;
+  }
+  auto retired = std::make_shared<std::vector<std::shared_ptr<Journal>>>();
   const auto started = std::make_shared<Clock::time_point>();
-  const PhaseController::BeforeSwitch rest = [this, replay, journal, source, target, started,
-                                              drain]() -> awaitable<std::optional<std::string>> {
+  const PhaseController::BeforeSwitch rest = [this, replay, journal, source, target, started, drain,
+                                              prepared,
+                                              retired]() -> awaitable<std::optional<std::string>> {
     *started = Clock::now();
     auto err = co_await replay->run(journal->durableBytes(), true);
     if (err) co_return err;
@@ -329,13 +341,17 @@ awaitable<void> ProxyServer::seedCatchUp(std::chrono::milliseconds drain) {
         "seed: journal replayed ({} transactions applied), {} sequences set from the source",
         replay->stats().applied, synced);
     // mirror.mode async: the mirror's own journal from here on.
-    co_return co_await asyncSwitch(Phase::kMirror, Clock::now() + drain);
+    co_return co_await asyncSwitch(Phase::kMirror, Clock::now() + drain, prepared, *retired);
   };
   const std::function<void()> cancel = [this] { cancelInFlight(); };
   AdminReply reply =
       co_await phases_->flip(Phase::kMirror, drain, rt->cfg.flip.onTimeout, cancel, rest);
   sides.close();
-  if (phases_->current() != Phase::kMirror) asyncRestore(phases_->current());
+  if (phases_->current() != Phase::kMirror) {
+    asyncRestore(phases_->current());
+    if (prepared && async_.journal != prepared) retired->push_back(prepared);
+  }
+  asyncDispose(std::move(*retired));
   if (reply.status != 200 || phases_->current() != Phase::kMirror) {
     fail("the flip to mirror failed: " + reply.json);
     co_return;

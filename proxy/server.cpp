@@ -165,12 +165,26 @@ awaitable<AdminReply> ProxyServer::setPhase(std::string name,
   // Before new transactions are held: the async replay brought close to the
   // end, so that the pause is short.
   co_await asyncPreDrain(std::chrono::steady_clock::now() + drainFor);
+  // The new phase's journal made before the barrier (its file synced), the
+  // old one's closed after it.
+  std::shared_ptr<Journal> prepared;
+  try {
+    prepared = asyncPrepare(to);
+  } catch (const std::exception& e) {
+    std::string body =
+        "{\"error\":\"cannot create the async mirror's journal: " + jsonEscape(e.what()) +
+        "\",\"phase\":\"" + std::string(phaseName(from)) + "\"}";
+    sides.close();
+    co_return AdminReply{500, std::move(body)};
+  }
+  auto retired = std::make_shared<std::vector<std::shared_ptr<Journal>>>();
   // Named, not temporaries of the co_await expression (GCC 12).
   const std::function<void()> cancel = [this] { cancelInFlight(); };
   const PhaseController::BeforeSwitch before =
-      [this, oldSide, newSide, from, to, moves,
-       drainFor]() -> awaitable<std::optional<std::string>> {
-    auto asyncErr = co_await asyncSwitch(to, std::chrono::steady_clock::now() + drainFor);
+      [this, oldSide, newSide, from, to, moves, drainFor, prepared,
+       retired]() -> awaitable<std::optional<std::string>> {
+    auto asyncErr =
+        co_await asyncSwitch(to, std::chrono::steady_clock::now() + drainFor, prepared, *retired);
     if (asyncErr) {
       spdlog::error("phase change {} -> {}: {}", phaseName(from), phaseName(to), *asyncErr);
       co_return asyncErr;
@@ -190,6 +204,12 @@ awaitable<AdminReply> ProxyServer::setPhase(std::string name,
   auto reply = co_await phases_->flip(to, drainFor, rt->cfg.flip.onTimeout, cancel, before);
   sides.close();
   if (phases_->current() != to) asyncRestore(phases_->current());
+  // The old journal's segments, and the prepared one if it went unused.
+  if (prepared && async_.journal != prepared &&
+      (async_.segments.empty() || async_.segments.front().journal != prepared)) {
+    retired->push_back(prepared);
+  }
+  asyncDispose(std::move(*retired));
   co_return reply;
 }
 

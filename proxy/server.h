@@ -119,18 +119,31 @@ class ProxyServer {
   // applied to the end (bounded by `deadline`), stopped and removed; a new
   // one for `to` when it journals; the registry's journal set for `to`. The
   // error in words (the caller's phase stays).
+  // `prepared`: the new phase's first segment, made before the barrier
+  // (asyncPrepare); `retired`: the old journal's segments, for asyncDispose
+  // once the barrier is over.
   awaitable<std::optional<std::string>> asyncSwitch(Phase to,
-                                                    std::chrono::steady_clock::time_point deadline);
+                                                    std::chrono::steady_clock::time_point deadline,
+                                                    std::shared_ptr<Journal> prepared,
+                                                    std::vector<std::shared_ptr<Journal>>& retired);
+  // A first segment for phase `to` when it journals (else null). Throws
+  // std::runtime_error.
+  std::shared_ptr<Journal> asyncPrepare(Phase to);
+  // Closes and removes journals (the writer's last fsync is waited for).
+  void asyncDispose(std::vector<std::shared_ptr<Journal>> journals);
   // After a flip that failed past asyncSwitch: the journal state for the
   // phase that stays.
   void asyncRestore(Phase current);
   // Before the barrier: waits (bounded) until little is left to apply, so
   // that the pause is short.
   awaitable<void> asyncPreDrain(std::chrono::steady_clock::time_point deadline);
-  // A new segment file, written to from now on. Throws std::runtime_error.
-  void asyncNewSegment();
+  // A new segment (`journal`, or a file made now), written to from now on;
+  // the one written to before (not closed yet), or null. Throws
+  // std::runtime_error.
+  std::shared_ptr<Journal> asyncNewSegment(std::shared_ptr<Journal> journal = nullptr);
   void asyncStart(bool toSource);
-  awaitable<void> asyncStop();
+  // Stops the apply loop; the segments it leaves, to be disposed of.
+  awaitable<std::vector<std::shared_ptr<Journal>>> asyncStop();
   awaitable<void> asyncApplyLoop(std::uint64_t generation);
   awaitable<void> asyncMetricsLoop();
   // Cuts the journal at a short barrier once its segment is big enough.
