@@ -117,4 +117,15 @@ void encodeSync(std::vector<std::uint8_t>& out) {
   w.end();
 }
 
+void encodeNamedRun(std::string_view name, std::string_view sql, std::vector<std::uint8_t>& out) {
+  for (char kind : {'P', 'S'}) {
+    Writer c(out);
+    c.begin('C').byte(static_cast<std::uint8_t>(kind)).cstring(name);
+    c.end();
+  }
+  encodeParse(name, sql, out);
+  encodeBind(name, name, out);
+  encodeExecute(name, 0, out);
+}
+
 }  // namespace pghandoff::protocol

@@ -63,4 +63,11 @@ struct CloseMessage {
 [[nodiscard]] std::optional<CloseMessage> decodeCloseBody(Bytes body);
 void encodeSync(std::vector<std::uint8_t>& out);
 
+// `sql` run through the extended protocol under `name` (statement and
+// portal), without Sync or Flush: Close of the portal and of the statement
+// (no error when they do not exist), Parse (no parameters), Bind (text
+// results), Execute (all rows). Answered by CloseComplete twice,
+// ParseComplete, BindComplete, then the statement's rows and CommandComplete.
+void encodeNamedRun(std::string_view name, std::string_view sql, std::vector<std::uint8_t>& out);
+
 }  // namespace pghandoff::protocol

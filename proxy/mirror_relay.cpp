@@ -1752,22 +1752,7 @@ awaitable<bool> ClientSession::journalCommit(int a, bool implicit, protocol::Byt
     // In an implicit transaction of the extended protocol a simple Query
     // would commit it: the same question through the extended protocol,
     // under the proxy's own statement and portal names.
-    constexpr std::string_view kName = "pghandoff_xid";
-    protocol::Writer cp(q);
-    cp.begin('C').byte('P').cstring(kName);
-    cp.end();
-    protocol::Writer cs(q);
-    cs.begin('C').byte('S').cstring(kName);
-    cs.end();
-    protocol::Writer p(q);
-    p.begin('P').cstring(kName).cstring(kXidQuery).int16(0);
-    p.end();
-    protocol::Writer b(q);
-    b.begin('B').cstring(kName).cstring(kName).int16(0).int16(0).int16(0);
-    b.end();
-    protocol::Writer e(q);
-    e.begin('E').cstring(kName).int32(0);
-    e.end();
+    protocol::encodeNamedRun("pghandoff_xid", kXidQuery, q);
     protocol::Writer h(q);
     h.begin('H');
     h.end();

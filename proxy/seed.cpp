@@ -44,28 +44,6 @@ constexpr std::string_view kPositionSetup =
     "INSERT INTO pghandoff.mirror_position VALUES (1, 0, 0) ON CONFLICT (id) DO NOTHING; "
     "SELECT journal::text, seq::text FROM pghandoff.mirror_position";
 
-// `sql` as extended-protocol messages without a Sync, under the proxy's own
-// statement and portal names (closed first: a Close of a name that does not
-// exist is no error).
-void encodeUnsynced(std::string_view sql, std::vector<std::uint8_t>& out) {
-  constexpr std::string_view kName = "pghandoff_position";
-  protocol::Writer cp(out);
-  cp.begin('C').byte('P').cstring(kName);
-  cp.end();
-  protocol::Writer cs(out);
-  cs.begin('C').byte('S').cstring(kName);
-  cs.end();
-  protocol::Writer p(out);
-  p.begin('P').cstring(kName).cstring(sql).int16(0);
-  p.end();
-  protocol::Writer b(out);
-  b.begin('B').cstring(kName).cstring(kName).int16(0).int16(0).int16(0);
-  b.end();
-  protocol::Writer e(out);
-  e.begin('E').cstring(kName).int32(0);
-  e.end();
-}
-
 }  // namespace
 
 std::optional<PgSnapshot> parsePgSnapshot(std::string_view text) {
@@ -368,7 +346,8 @@ awaitable<std::optional<std::string>> JournalReplay::apply(const JournalTx& tx, 
         protocol::encodeQuery(update, out);
         ++readies;
       } else {
-        encodeUnsynced(update, out);
+        // Without a Sync: they join the transaction the commit's Sync ends.
+        protocol::encodeNamedRun("pghandoff_position", update, out);
       }
     }
     out.insert(out.end(), tx.commit.begin(), tx.commit.end());

@@ -22,6 +22,7 @@
 #include "tests/support/pq.h"
 #include "tests/support/process.h"
 #include "tests/support/proxy_process.h"
+#include "tests/support/workload.h"
 
 namespace pghandoff::test {
 namespace {
@@ -45,13 +46,6 @@ int segmentFiles(const std::string& stateDir) {
     if (e.path().filename().string().rfind("mirror-journal.", 0) == 0) ++n;
   }
   return n;
-}
-
-std::string tableDigest(PgCluster& c, const std::string& table) {
-  return c.psql(
-      "SELECT count(*) || ' ' || coalesce(md5(string_agg(x::text, '|' ORDER BY "
-      "x::text)), '-') FROM " +
-      table + " x");
 }
 
 class AsyncMirror : public ::testing::Test {
@@ -89,15 +83,6 @@ class AsyncMirror : public ::testing::Test {
   double lag() { return proxy_->metric("pghandoff_mirror_lag_seconds"); }
   bool drained(std::chrono::milliseconds within = 20s) {
     return waitFor([&] { return queue() == 0 && lag() == 0; }, within, 50ms);
-  }
-  std::map<std::string, std::string> clientEnv() const {
-    std::map<std::string, std::string> env{
-        {"PGHOST", "127.0.0.1"},    {"PGPORT", std::to_string(proxy_->port())},
-        {"PGUSER", "app"},          {"PGPASSWORD", "app-secret"},
-        {"PGDATABASE", "postgres"}, {"PGSSLMODE", "disable"}};
-    env["PGHANDOFF_DSN"] = "host=127.0.0.1 port=" + env["PGPORT"] +
-                           " user=app password=app-secret dbname=postgres sslmode=disable";
-    return env;
   }
   std::unique_ptr<PgCluster> source_, target_;
   std::unique_ptr<ProxyProcess> proxy_;
@@ -359,24 +344,10 @@ TEST_F(AsyncMirror, SeedThenTheWholeWalkWithClientsWriting) {
   source_->pgbenchInit(5);
   source_->psql(kLedger);
   startProxy({}, "64KiB");  // cut into segments under load
-  auto env = clientEnv();
-  env["PGHANDOFF_LEDGER_TABLE"] = "ledger";
-  env["PGHANDOFF_LEDGER_SECONDS"] = "14";
-  env["PGHANDOFF_LEDGER_CLIENT"] = "psycopg2";
-  ProcessResult writers, py, seeded;
-  std::thread writeThread([&] {
-    writers = run({pgBinDir() + "/pgbench", "-M", "prepared", "-n", "-c", "8", "-j", "2", "-T",
-                   "16", "-R", "400"},
-                  env, 90s);
-  });
-  std::thread pyThread([&] {
-    py = run({"/usr/bin/python3",
-              std::string(PGHANDOFF_SOURCE_DIR) + "/tests/clients/psycopg2_client.py", "--scenario",
-              "ledger", "--timeout", "60"},
-             env, 90s);
-  });
+  ClientWorkload clients;
+  clients.start(*proxy_, 14);
   std::this_thread::sleep_for(1000ms);
-  seeded =
+  ProcessResult seeded =
       run({PGHANDOFF_BINARY, "seed", "--config", proxy_->configFile(), "--jobs", "2"}, {}, 120s);
   EXPECT_EQ(seeded.exitCode, 0) << seeded.out << seeded.err;
   EXPECT_EQ(phase(), "mirror");
@@ -389,20 +360,10 @@ TEST_F(AsyncMirror, SeedThenTheWholeWalkWithClientsWriting) {
     EXPECT_EQ(r.status, 200) << r.body;
     std::this_thread::sleep_for(1500ms);
   }
-  writeThread.join();
-  pyThread.join();
+  clients.join();
   ASSERT_TRUE(drained());
-  EXPECT_EQ(writers.exitCode, 0) << writers.out << writers.err;
-  EXPECT_NE(writers.out.find("number of failed transactions: 0"), std::string::npos) << writers.out;
-  EXPECT_EQ(py.exitCode, 0) << py.out << py.err;
-  const std::regex acked("ledger (\\w+): acked=(\\d+) keysum=(\\d+)");
-  std::smatch m;
-  ASSERT_TRUE(std::regex_search(py.out, m, acked)) << py.out;
-  EXPECT_GT(std::stoi(m[2].str()), 20);
-  const std::string q =
-      "SELECT count(*) || ' ' || coalesce(sum(k), 0) FROM ledger WHERE client = '" + m[1].str() +
-      "'";
-  EXPECT_EQ(target_->psql(q), m[2].str() + " " + m[3].str());
+  clients.expectClean();
+  EXPECT_EQ(target_->psql(clients.ledgerQuery()), clients.ledgerAcked());
   for (const char* t :
        {"pgbench_accounts", "pgbench_branches", "pgbench_tellers", "pgbench_history", "ledger"}) {
     EXPECT_EQ(tableDigest(*source_, t), tableDigest(*target_, t)) << t;

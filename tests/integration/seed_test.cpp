@@ -24,6 +24,7 @@
 #include "tests/support/pq.h"
 #include "tests/support/process.h"
 #include "tests/support/proxy_process.h"
+#include "tests/support/workload.h"
 
 namespace pghandoff::test {
 namespace {
@@ -33,13 +34,6 @@ using namespace std::chrono_literals;
 constexpr const char* kLedger =
     "CREATE TABLE ledger (id bigserial PRIMARY KEY, client text, k int, amount numeric, note "
     "text, created_at timestamptz DEFAULT now(), u uuid DEFAULT gen_random_uuid())";
-
-std::string tableDigest(PgCluster& c, const std::string& table) {
-  return c.psql(
-      "SELECT count(*) || ' ' || coalesce(md5(string_agg(x::text, '|' ORDER BY "
-      "x::text)), '-') FROM " +
-      table + " x");
-}
 
 class Seed : public ::testing::Test {
  protected:
@@ -68,15 +62,6 @@ class Seed : public ::testing::Test {
     std::smatch m;
     static const std::regex re("\"phase\":\"([a-z-]+)\"");
     return std::regex_search(r.body, m, re) ? m[1].str() : r.body;
-  }
-  std::map<std::string, std::string> clientEnv() const {
-    std::map<std::string, std::string> env{
-        {"PGHOST", "127.0.0.1"},    {"PGPORT", std::to_string(proxy_->port())},
-        {"PGUSER", "app"},          {"PGPASSWORD", "app-secret"},
-        {"PGDATABASE", "postgres"}, {"PGSSLMODE", "disable"}};
-    env["PGHANDOFF_DSN"] = "host=127.0.0.1 port=" + env["PGPORT"] +
-                           " user=app password=app-secret dbname=postgres sslmode=disable";
-    return env;
   }
   // The seed command's steps by hand: the snapshot's name from POST /seed/start,
   // a dump of it restored into the target, then POST /seed/finish and its end.
@@ -129,24 +114,10 @@ TEST_F(Seed, SeedsAnEmptyTargetWhileClientsWrite) {
   source_->psql(kLedger);
   source_->psql(
       "INSERT INTO ledger (client, k) SELECT 'before', g FROM generate_series(1, 20000) g");
-  auto env = clientEnv();
-  env["PGHANDOFF_LEDGER_TABLE"] = "ledger";
-  env["PGHANDOFF_LEDGER_SECONDS"] = "14";
-  env["PGHANDOFF_LEDGER_CLIENT"] = "psycopg2";
-  ProcessResult writers, py, seeded;
-  std::thread writeThread([&] {
-    writers = run({pgBinDir() + "/pgbench", "-M", "prepared", "-n", "-c", "8", "-j", "2", "-T",
-                   "16", "-R", "400"},
-                  env, 90s);
-  });
-  std::thread pyThread([&] {
-    py = run({"/usr/bin/python3",
-              std::string(PGHANDOFF_SOURCE_DIR) + "/tests/clients/psycopg2_client.py", "--scenario",
-              "ledger", "--timeout", "60"},
-             env, 90s);
-  });
+  ClientWorkload clients;
+  clients.start(*proxy_, 14);
   std::this_thread::sleep_for(1500ms);
-  seeded = seed();
+  ProcessResult seeded = seed();
   EXPECT_EQ(seeded.exitCode, 0) << seeded.out << seeded.err;
   EXPECT_EQ(phase(), "mirror");
   // Mirrored writes after the seed, then the reads and authority move.
@@ -156,20 +127,10 @@ TEST_F(Seed, SeedsAnEmptyTargetWhileClientsWrite) {
     EXPECT_EQ(r.status, 200) << r.body;
     std::this_thread::sleep_for(1000ms);
   }
-  writeThread.join();
-  pyThread.join();
-  EXPECT_EQ(writers.exitCode, 0) << writers.out << writers.err;
-  EXPECT_NE(writers.out.find("number of failed transactions: 0"), std::string::npos) << writers.out;
-  EXPECT_EQ(py.exitCode, 0) << py.out << py.err;
-  const std::regex acked("ledger (\\w+): acked=(\\d+) keysum=(\\d+)");
-  std::smatch m;
-  ASSERT_TRUE(std::regex_search(py.out, m, acked)) << py.out;
-  EXPECT_GT(std::stoi(m[2].str()), 20);
-  const std::string q =
-      "SELECT count(*) || ' ' || coalesce(sum(k), 0) FROM ledger WHERE client = '" + m[1].str() +
-      "'";
-  EXPECT_EQ(target_->psql(q), m[2].str() + " " + m[3].str());
-  EXPECT_EQ(source_->psql(q), m[2].str() + " " + m[3].str());
+  clients.join();
+  clients.expectClean();
+  EXPECT_EQ(target_->psql(clients.ledgerQuery()), clients.ledgerAcked());
+  EXPECT_EQ(source_->psql(clients.ledgerQuery()), clients.ledgerAcked());
   for (const char* t :
        {"pgbench_accounts", "pgbench_branches", "pgbench_tellers", "pgbench_history", "ledger"}) {
     EXPECT_EQ(tableDigest(*source_, t), tableDigest(*target_, t)) << t;

@@ -263,5 +263,29 @@ TEST(Frontend, ExtendedQueryRoundTrips) {
   EXPECT_FALSE(decodeParseBody(badParse));
 }
 
+// The proxy's own statement run inside a client's pipeline: Close of the
+// portal and the statement, Parse, Bind, Execute, in that order, no Sync.
+TEST(Frontend, NamedRunIsFiveFramesWithoutSync) {
+  std::vector<std::uint8_t> out;
+  encodeNamedRun("own", "SELECT 1", out);
+  std::vector<char> types;
+  Bytes rest(out);
+  std::vector<Bytes> bodies;
+  while (!rest.empty()) {
+    auto h = parseFrontendHeader(rest, 1u << 20);
+    ASSERT_EQ(h.status, FrameStatus::kOk);
+    types.push_back(h.type);
+    bodies.push_back(rest.subspan(5, h.bodySize()));
+    rest = rest.subspan(h.total());
+  }
+  EXPECT_EQ(types, (std::vector<char>{'C', 'C', 'P', 'B', 'E'}));
+  EXPECT_EQ(decodeCloseBody(bodies[0])->kind, 'P');
+  EXPECT_EQ(decodeCloseBody(bodies[1])->kind, 'S');
+  EXPECT_EQ(decodeCloseBody(bodies[1])->name, "own");
+  EXPECT_EQ(decodeParseBody(bodies[2])->query, "SELECT 1");
+  EXPECT_EQ(decodeBindNames(bodies[3])->statement, "own");
+  EXPECT_EQ(decodeExecutePortal(bodies[4]), "own");
+}
+
 }  // namespace
 }  // namespace pghandoff::protocol
