@@ -58,7 +58,7 @@ class AsyncMirror : public ::testing::Test {
     if (HasFailure() && proxy_) proxy_->printLogTail(12000);
     proxy_.reset();
   }
-  void startProxy(const std::string& extra = {}, const std::string& segment = {}) {
+  void startProxy(const std::string& segment = {}) {
     ProxyOptions o;
     o.journalSegment = segment;
     o.sourceUrl = source_->url();
@@ -66,8 +66,17 @@ class AsyncMirror : public ::testing::Test {
     o.logLevel = "info";
     // mirror.timeout short: were the mirror synchronous, a blocked target
     // would fail the writes below within it.
-    o.extraYaml = "mirror: { mode: async, timeout: 2s }\n" + extra;
+    o.extraYaml = "mirror: { mode: async, timeout: 2s }";
     proxy_ = std::make_unique<ProxyProcess>(o);
+  }
+  // Both servers with kSchema (and `targetExtra` on the target alone), the
+  // proxy in phase mirror.
+  void startMirroring(const std::string& segment = {}, const std::string& targetExtra = {}) {
+    source_->psql(kSchema);
+    target_->psql(kSchema);
+    if (!targetExtra.empty()) target_->psql(targetExtra);
+    startProxy(segment);
+    ASSERT_EQ(flip("mirror").status, 200);
   }
   HttpResponse flip(const std::string& to, const std::string& drain = "5s") {
     return proxy_->http("POST", "/phase",
@@ -93,10 +102,7 @@ class AsyncMirror : public ::testing::Test {
 // pass its barrier until the replay is done: refused past its drain timeout
 // (phase unchanged, writes go on), and let through once the lock goes.
 TEST_F(AsyncMirror, AcknowledgesAheadOfTheTargetAndTheFlipWaitsForIt) {
-  source_->psql(kSchema);
-  target_->psql(kSchema);
-  startProxy();
-  ASSERT_EQ(flip("mirror").status, 200);
+  startMirroring();
   PqConn app(proxy_->url());
   ASSERT_TRUE(app.ok()) << app.error();
   app.execOrThrow("UPDATE acct SET v = v + 1 WHERE id = 1");
@@ -186,11 +192,7 @@ TEST_F(AsyncMirror, AcknowledgesAheadOfTheTargetAndTheFlipWaitsForIt) {
 // stops the replay: the status names the error, the flip cannot pass; once
 // the target is put right, the replay goes on from that transaction.
 TEST_F(AsyncMirror, ATransactionTheTargetRefusesHoldsTheReplayUntilPutRight) {
-  source_->psql(kSchema);
-  target_->psql(kSchema);
-  target_->psql("INSERT INTO acct VALUES (99, 0)");
-  startProxy();
-  ASSERT_EQ(flip("mirror").status, 200);
+  startMirroring({}, "INSERT INTO acct VALUES (99, 0)");
   PqConn app(proxy_->url());
   app.execOrThrow("INSERT INTO acct VALUES (99, 5)");  // the source takes it
   app.execOrThrow("INSERT INTO events VALUES (1, 'after')");
@@ -215,11 +217,7 @@ TEST_F(AsyncMirror, ATransactionTheTargetRefusesHoldsTheReplayUntilPutRight) {
 // rollback is never held up by the side it leaves; the target missed writes,
 // so the mirror is marked broken and no phase reads from it until a seed.
 TEST_F(AsyncMirror, RollbackToSourceOnlyIsNotHeldUpByAStuckTarget) {
-  source_->psql(kSchema);
-  target_->psql(kSchema);
-  target_->psql("INSERT INTO acct VALUES (99, 0)");
-  startProxy();
-  ASSERT_EQ(flip("mirror").status, 200);
+  startMirroring({}, "INSERT INTO acct VALUES (99, 0)");
   PqConn app(proxy_->url());
   app.execOrThrow("INSERT INTO acct VALUES (99, 5)");
   EXPECT_TRUE(waitFor([&] { return queue() >= 1 && lag() > 0; }, 5s, 50ms));
@@ -243,10 +241,7 @@ TEST_F(AsyncMirror, RollbackToSourceOnlyIsNotHeldUpByAStuckTarget) {
 // the rest — no row twice (a table without a key would show it), none
 // missing — including a session's prepared statements from before.
 TEST_F(AsyncMirror, AProxyKilledWithALagAppliesTheRestOnceAfterRestart) {
-  source_->psql(kSchema);
-  target_->psql(kSchema);
-  startProxy({}, "2KiB");  // small segments: the lag spans several, cut at barriers
-  ASSERT_EQ(flip("mirror").status, 200);
+  startMirroring("2KiB");  // small segments: the lag spans several, cut at barriers
   {
     PqConn app(proxy_->url());
     ASSERT_TRUE(app.prepare("ins", "INSERT INTO events VALUES ($1, 'prepared')").ok);
@@ -302,10 +297,7 @@ TEST_F(AsyncMirror, AProxyKilledWithALagAppliesTheRestOnceAfterRestart) {
 // clients (the journal takes their writes), the replay reconnects, counts
 // the loss, and the target ends equal to the source.
 TEST_F(AsyncMirror, ATargetCrashIsInvisibleToClientsAndTheReplayCatchesUp) {
-  source_->psql(kSchema);
-  target_->psql(kSchema);
-  startProxy();
-  ASSERT_EQ(flip("mirror").status, 200);
+  startMirroring();
   PqConn app(proxy_->url());
   std::atomic<bool> stop{false};
   std::atomic<int> written{0}, failed{0};
@@ -343,7 +335,7 @@ TEST_F(AsyncMirror, ATargetCrashIsInvisibleToClientsAndTheReplayCatchesUp) {
 TEST_F(AsyncMirror, SeedThenTheWholeWalkWithClientsWriting) {
   source_->pgbenchInit(5);
   source_->psql(kLedger);
-  startProxy({}, "64KiB");  // cut into segments under load
+  startProxy("64KiB");  // cut into segments under load
   ClientWorkload clients;
   clients.start(*proxy_, 14);
   std::this_thread::sleep_for(1000ms);
