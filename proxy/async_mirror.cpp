@@ -123,9 +123,11 @@ void ProxyServer::asyncStart(bool toSource) {
 
 awaitable<std::vector<std::shared_ptr<Journal>>> ProxyServer::asyncStop() {
   ++async_.generation;
+  // The loop ends at its next turn: it is idle (the caller waited for it to
+  // catch up), between attempts, or — when a flip leaves a destination that
+  // does not answer — waiting on it, which closing its connections ends.
+  if (async_.replay != nullptr) async_.replay->abort();
   asio::steady_timer t(mainIo_);
-  // The loop ends at its next turn (it is idle: the caller waited for it to
-  // catch up, or it is between attempts).
   while (async_.loops > 0) {
     t.expires_after(std::chrono::milliseconds(1));
     co_await t.async_wait(kUseAwaitable);

@@ -99,6 +99,13 @@ JournalReplay::~JournalReplay() {
   close();
 }
 
+void JournalReplay::abort() {
+  for (auto& [id, c] : conns_) {
+    if (c.server) c.server->stream().close();
+  }
+  if (source_) source_->stream().close();
+}
+
 void JournalReplay::close() {
   for (auto& [id, c] : conns_) {
     if (c.server) c.server->stream().close();

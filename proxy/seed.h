@@ -99,6 +99,10 @@ class JournalReplay {
   awaitable<std::optional<std::string>> run(std::uint64_t durable, bool final);
   [[nodiscard]] const Stats& stats() const { return stats_; }
   void close();
+  // Closes the server connections under a run() that may be waiting on them
+  // (a destination that does not answer): it returns with an error. The
+  // replay is then only good for close().
+  void abort();
 
  private:
   struct Conn {

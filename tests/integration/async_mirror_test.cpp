@@ -213,13 +213,17 @@ TEST_F(AsyncMirror, ATransactionTheTargetRefusesHoldsTheReplayUntilPutRight) {
   EXPECT_EQ(proxy_->http("GET", "/status").body.find("replay_error"), std::string::npos);
 }
 
-// Back to source-only while the target cannot take what is journaled: a
-// rollback is never held up by the side it leaves; the target missed writes,
-// so the mirror is marked broken and no phase reads from it until a seed.
+// Back to source-only while the target cannot take what is journaled (it
+// refuses it, or it does not answer at all): a rollback is never held up by
+// the side it leaves; the target missed writes, so the mirror is marked
+// broken and no phase reads from it until a seed.
 TEST_F(AsyncMirror, RollbackToSourceOnlyIsNotHeldUpByAStuckTarget) {
-  startMirroring({}, "INSERT INTO acct VALUES (99, 0)");
+  startMirroring();
+  PqConn locker(target_->url());
+  locker.execOrThrow("BEGIN");
+  locker.execOrThrow("LOCK TABLE acct IN ACCESS EXCLUSIVE MODE");
   PqConn app(proxy_->url());
-  app.execOrThrow("INSERT INTO acct VALUES (99, 5)");
+  app.execOrThrow("UPDATE acct SET v = 5 WHERE id = 5");
   EXPECT_TRUE(waitFor([&] { return queue() >= 1 && lag() > 0; }, 5s, 50ms));
   auto r = flip("source-only", "1s");
   EXPECT_EQ(r.status, 200) << r.body;
@@ -229,11 +233,13 @@ TEST_F(AsyncMirror, RollbackToSourceOnlyIsNotHeldUpByAStuckTarget) {
   EXPECT_EQ(segmentFiles(proxy_->stateDir()), 0);
   app.execOrThrow("INSERT INTO events VALUES (1, 'source-only')");
   EXPECT_EQ(source_->psql("SELECT count(*) FROM events"), "1");
+  locker.execOrThrow("COMMIT");
   // Forward again: the target may not serve reads before it is seeded again.
   ASSERT_EQ(flip("mirror").status, 200);
   auto refused = flip("mirror-read-target");
   EXPECT_EQ(refused.status, 409) << refused.body;
   EXPECT_NE(refused.body.find("broken"), std::string::npos) << refused.body;
+  EXPECT_EQ(target_->psql("SELECT v FROM acct WHERE id = 5"), "0");  // never applied
 }
 
 // The proxy killed with transactions journaled and not yet applied (some
