@@ -276,7 +276,8 @@ class Family {
     "Time new transactions were held during a phase change.")                                  \
   X(phaseFlipsTotal, "phase_flips_total", Counter, "Phase changes asked for, by outcome.",     \
     labels::FromPhaseDim, labels::ToPhaseDim, labels::FlipResultDim)                           \
-  X(journalBytes, "journal_bytes", Gauge, "Size of the catch-up journal on disk.")             \
+  X(journalBytes, "journal_bytes", Gauge,                                                      \
+    "Size on disk of the journal: the seed's catch-up journal, or the async mirror's.")        \
   X(internalBugsTotal, "internal_bugs_total", Counter,                                         \
     "Internal invariant violations caught in release builds; should stay 0.")
 
