@@ -142,7 +142,7 @@ class ClientSession : public std::enable_shared_from_this<ClientSession> {
   // sets the registry's journal for the phases that use one); -1 when both
   // sides are servers.
   [[nodiscard]] int journalSide(Phase p) const {
-    if (!lockstepPhase(p) || !registry_.journal()) return -1;
+    if (!lockstepPhase(p) || !registry_.hasJournal()) return -1;
     return targetAuthoritative(p) ? kSourceIdx : kTargetIdx;
   }
 

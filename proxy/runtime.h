@@ -119,8 +119,12 @@ class Registry {
   }
   void setJournal(std::shared_ptr<Journal> j) {
     std::lock_guard lock(mu_);
+    hasJournal_.store(j != nullptr, std::memory_order_release);
     journal_ = std::move(j);
   }
+  // journal() != nullptr without the lock: sessions ask at every
+  // transaction of a mirroring phase.
+  [[nodiscard]] bool hasJournal() const { return hasJournal_.load(std::memory_order_acquire); }
 
   // Statement classification shared by every session (cached by text).
   protocol::ClassificationCache& classifier() { return classifier_; }
@@ -164,6 +168,7 @@ class Registry {
   std::unordered_set<std::string> warned_;  // under mu_
   std::vector<PendingPrepared> pending_;    // under mu_
   std::shared_ptr<Journal> journal_;        // under mu_
+  std::atomic<bool> hasJournal_{false};     // journal_ != nullptr
 };
 
 }  // namespace pghandoff::proxy
