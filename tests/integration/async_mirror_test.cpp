@@ -128,6 +128,8 @@ TEST_F(AsyncMirror, AcknowledgesAheadOfTheTargetAndTheFlipWaitsForIt) {
   EXPECT_EQ(source_->psql("SELECT sum(v) FROM acct"), "121");
   EXPECT_TRUE(waitFor([&] { return queue() >= 21 && lag() > 0.3; }, 10s, 100ms))
       << "queue " << queue() << ", lag " << lag();
+  // SPEC §6 journal_bytes: the async journal's size on disk.
+  EXPECT_GT(proxy_->metric("pghandoff_journal_bytes"), 1000.0);
   status = proxy_->http("GET", "/status").body;
   EXPECT_EQ(status.find(R"("queue_transactions":0)"), std::string::npos) << status;
 
