@@ -66,11 +66,11 @@ bool ProxyServer::asyncPhase(Phase p) {
 }
 
 bool ProxyServer::asyncCaughtUp() const {
-  if (!async_.journal) return true;
+  if (!asyncJournal()) return true;
   if (async_.segments.size() != 1 || async_.replay == nullptr) return false;
   const auto& st = async_.replay->stats();
-  return st.queued == 0 && st.readBytes >= async_.journal->durableBytes() &&
-         st.done() >= async_.journal->transactions();
+  return st.queued == 0 && st.readBytes >= asyncJournal()->durableBytes() &&
+         st.done() >= asyncJournal()->transactions();
 }
 
 std::uint64_t ProxyServer::asyncQueue() const {
@@ -81,7 +81,7 @@ std::uint64_t ProxyServer::asyncQueue() const {
 }
 
 double ProxyServer::asyncLagSeconds() const {
-  if (!async_.journal || asyncCaughtUp()) return 0;
+  if (!asyncJournal() || asyncCaughtUp()) return 0;
   const std::uint64_t oldest = async_.replay != nullptr ? async_.replay->stats().oldestAt : 0;
   if (oldest != 0) return std::max(0.0, (nowMicros() - static_cast<double>(oldest)) / 1e6);
   return std::chrono::duration<double>(Clock::now() - async_.caughtUpAt).count();
@@ -97,10 +97,11 @@ std::shared_ptr<Journal> ProxyServer::asyncPrepare(Phase to) {
 std::shared_ptr<Journal> ProxyServer::asyncNewSegment(std::shared_ptr<Journal> journal) {
   if (!journal) journal = asyncPrepare(Phase::kMirror);
   if (!journal) throw std::runtime_error("mirror.mode is not async");
+  auto old = asyncJournal();
   if (!async_.segments.empty()) async_.segments.back().sealed = true;
   async_.segments.push_back({journal, false});
   registry_.setJournal(journal);
-  return std::exchange(async_.journal, journal);
+  return old;
 }
 
 void ProxyServer::asyncDispose(std::vector<std::shared_ptr<Journal>> journals) {
@@ -116,7 +117,7 @@ void ProxyServer::asyncStart(bool toSource) {
   async_.toSource = toSource;
   async_.error.clear();
   async_.caughtUpAt = Clock::now();
-  registry_.setJournal(async_.journal);
+  registry_.setJournal(asyncJournal());
   ++async_.loops;
   asio::co_spawn(mainIo_, asyncApplyLoop(++async_.generation), asio::detached);
 }
@@ -137,7 +138,6 @@ awaitable<std::vector<std::shared_ptr<Journal>>> ProxyServer::asyncStop() {
   std::vector<std::shared_ptr<Journal>> retired;
   for (auto& seg : async_.segments) retired.push_back(seg.journal);
   async_.segments.clear();
-  async_.journal.reset();
   async_.error.clear();
   metrics().mirrorLagSeconds().set(0);
   metrics().mirrorQueueTransactions().set(0);
@@ -255,7 +255,7 @@ awaitable<void> ProxyServer::asyncCutLoop() {
     // transaction of every session goes to the new one, after that
     // session's state. (A flip meanwhile started a journal of its own,
     // numbered after `next`: then `next` is dropped.)
-    if (async_.journal && async_.journal == base) {
+    if (asyncJournal() && asyncJournal() == base) {
       old = asyncNewSegment(std::move(next));
       ++async_.cuts;
     }
@@ -267,14 +267,14 @@ awaitable<void> ProxyServer::asyncCutLoop() {
     co_await timer.async_wait(asio::redirect_error(kUseAwaitable, ec));
     if (shuttingDown_) break;
     const auto limit = runtime()->cfg.state.journalSegment;
-    if (!async_.journal || async_.journal->durableBytes() < limit) continue;
-    if (next && base != async_.journal) {
+    if (!asyncJournal() || asyncJournal()->durableBytes() < limit) continue;
+    if (next && base != asyncJournal()) {
       asyncDispose({std::exchange(next, nullptr)});
     }
     if (!next) {
       try {
         next = asyncPrepare(Phase::kMirror);
-        base = async_.journal;
+        base = asyncJournal();
       } catch (const std::exception& e) {
         spdlog::error("async mirror: cannot cut the journal: {}", e.what());
         continue;
@@ -290,7 +290,7 @@ awaitable<void> ProxyServer::asyncCutLoop() {
 }
 
 awaitable<void> ProxyServer::asyncPreDrain(Clock::time_point deadline) {
-  if (!async_.journal) co_return;
+  if (!asyncJournal()) co_return;
   asio::steady_timer t(mainIo_);
   // At most half the drain timeout: a replay slower than the writes leaves
   // the barrier the other half.
@@ -305,7 +305,7 @@ awaitable<void> ProxyServer::asyncPreDrain(Clock::time_point deadline) {
 awaitable<std::optional<std::string>> ProxyServer::asyncSwitch(
     Phase to, Clock::time_point deadline, std::shared_ptr<Journal> prepared,
     std::vector<std::shared_ptr<Journal>>& retired) {
-  if (async_.journal) {
+  if (asyncJournal()) {
     // Every transaction has drained: what is journaled is all there will be.
     const auto t0 = Clock::now();
     const std::uint64_t left = asyncQueue();
@@ -351,17 +351,16 @@ awaitable<std::optional<std::string>> ProxyServer::asyncSwitch(
 
 void ProxyServer::asyncRestore(Phase current) {
   const bool wants = asyncPhase(current);
-  if (wants && async_.journal && async_.toSource == targetAuthoritative(current)) {
-    registry_.setJournal(async_.journal);  // still the phase's own
+  if (wants && asyncJournal() && async_.toSource == targetAuthoritative(current)) {
+    registry_.setJournal(asyncJournal());  // still the phase's own
     return;
   }
-  if (async_.journal) {
+  if (asyncJournal()) {
     // The new phase's, never used (no session began since): dropped.
     ++async_.generation;
     std::vector<std::shared_ptr<Journal>> unused;
     for (auto& seg : async_.segments) unused.push_back(seg.journal);
     async_.segments.clear();
-    async_.journal.reset();
     asyncDispose(std::move(unused));
   }
   if (current == Phase::kSeeding) {
@@ -397,7 +396,6 @@ void ProxyServer::asyncAtStartup() {
     if (!async_.segments.empty()) {
       // The last one is written to again; the others are applied first.
       async_.segments.back().sealed = false;
-      async_.journal = async_.segments.back().journal;
       for (std::size_t i = 0; i + 1 < async_.segments.size(); ++i) {
         async_.segments[i].journal->close();
       }

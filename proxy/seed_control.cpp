@@ -349,7 +349,7 @@ awaitable<void> ProxyServer::seedCatchUp(std::chrono::milliseconds drain) {
   sides.close();
   if (phases_->current() != Phase::kMirror) {
     asyncRestore(phases_->current());
-    if (prepared && async_.journal != prepared) retired->push_back(prepared);
+    if (prepared && asyncJournal() != prepared) retired->push_back(prepared);
   }
   asyncDispose(std::move(*retired));
   if (reply.status != 200 || phases_->current() != Phase::kMirror) {

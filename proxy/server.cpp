@@ -143,7 +143,7 @@ awaitable<AdminReply> ProxyServer::setPhase(std::string name,
   // mirror.mode async: the journal in use is applied to the end at the
   // barrier, and the new phase gets its own (proxy/async_mirror.cpp).
   const bool async =
-      !refuseTransition(from, to) && from != to && (async_.journal || asyncPhase(to));
+      !refuseTransition(from, to) && from != to && (asyncJournal() || asyncPhase(to));
   if (!moves && !async) {
     co_return co_await phases_->flip(to, drain.value_or(rt->cfg.flip.drainTimeout),
                                      rt->cfg.flip.onTimeout, [this] { cancelInFlight(); });
@@ -205,7 +205,7 @@ awaitable<AdminReply> ProxyServer::setPhase(std::string name,
   sides.close();
   if (phases_->current() != to) asyncRestore(phases_->current());
   // The old journal's segments, and the prepared one if it went unused.
-  if (prepared && async_.journal != prepared &&
+  if (prepared && asyncJournal() != prepared &&
       (async_.segments.empty() || async_.segments.front().journal != prepared)) {
     retired->push_back(prepared);
   }
@@ -549,7 +549,7 @@ std::string ProxyServer::statusJson() {
   // pause-mirroring) gave up on it.
   const Phase now = phases_->current();
   const char* mirrorState = registry_.mirrorBroken() ? "broken"
-                            : async_.journal         ? "async"
+                            : asyncJournal()         ? "async"
                             : writesBoth(now)        ? "sync"
                                                      : "off";
   std::uint64_t divergences = 0, mirrorErrors = 0;
@@ -560,13 +560,13 @@ std::string ProxyServer::statusJson() {
     mirrorErrors += metrics().mirrorErrorsTotal(static_cast<labels::MirrorErrorReason>(k)).value();
   }
   o << ",\"mirror\":{\"state\":\"" << mirrorState << "\",\"lag_seconds\":";
-  if (async_.journal && !registry_.mirrorBroken()) {
+  if (asyncJournal() && !registry_.mirrorBroken()) {
     o << asyncLagSeconds();
   } else {
     o << (writesBoth(now) && !registry_.mirrorBroken() ? "0" : "null");
   }
   o << ",\"queue_transactions\":" << asyncQueue();
-  if (async_.journal) {
+  if (asyncJournal()) {
     o << ",\"applying_to\":\"" << (async_.toSource ? "source" : "target")
       << "\",\"replay_restarts\":" << async_.restarts
       << ",\"journal_segments\":" << async_.segments.size() << ",\"journal_cuts\":" << async_.cuts;

@@ -99,20 +99,24 @@ class ProxyServer {
       std::shared_ptr<Journal> journal;
       bool sealed = false;  // cut: nothing more will be written to it
     };
-    std::deque<Segment> segments;      // oldest first; the replay works on the front
-    std::shared_ptr<Journal> journal;  // the one written to (segments.back()); null: none
-    std::uint64_t nextNumber = 1;      // of the next segment's file
-    bool toSource = false;             // the replay's destination
-    JournalReplay* replay = nullptr;   // the apply loop's, while it runs
-    int loops = 0;                     // apply loops still running (one, or a stopped one ending)
-    std::uint64_t generation = 0;      // a new one stops the loop
-    bool urgent = false;               // a flip waits: no 2 s grace for undecided ones
-    std::string error;                 // the replay's last failure, until it recovers
-    std::uint64_t restarts = 0;        // replays started again after a failure
-    std::uint64_t cuts = 0;            // segments cut
+    std::deque<Segment> segments;     // oldest first; the replay works on the front, sessions
+                                      // write to the back; none while no phase journals
+    std::uint64_t nextNumber = 1;     // of the next segment's file
+    bool toSource = false;            // the replay's destination
+    JournalReplay* replay = nullptr;  // the apply loop's, while it runs
+    int loops = 0;                    // apply loops still running (one, or a stopped one ending)
+    std::uint64_t generation = 0;     // a new one stops the loop
+    bool urgent = false;              // a flip waits: no 2 s grace for undecided ones
+    std::string error;                // the replay's last failure, until it recovers
+    std::uint64_t restarts = 0;       // replays started again after a failure
+    std::uint64_t cuts = 0;           // segments cut
     std::chrono::steady_clock::time_point caughtUpAt{};
   };
   AsyncMirror async_;  // on mainIo_ only
+  // The segment sessions write to; null while no phase journals.
+  [[nodiscard]] std::shared_ptr<Journal> asyncJournal() const {
+    return async_.segments.empty() ? nullptr : async_.segments.back().journal;
+  }
   // The phase journals for an async mirror.
   [[nodiscard]] bool asyncPhase(Phase p);
   // At a barrier (every transaction drained): the current async journal
