@@ -207,6 +207,7 @@ awaitable<PhaseController::Reply> PhaseController::flip(Phase to,
                                                         config::FlipOnTimeout onTimeout,
                                                         const std::function<void()>& cancelInFlight,
                                                         const BeforeSwitch& beforeSwitch) {
+  co_await waitOutBarrier();
   const Phase from = current();
   {
     std::lock_guard lock(mu_);
@@ -295,9 +296,10 @@ awaitable<PhaseController::Reply> PhaseController::flip(Phase to,
 }
 
 awaitable<PhaseController::Reply> PhaseController::pause(std::chrono::milliseconds drainTimeout) {
+  co_await waitOutBarrier();
   {
     std::lock_guard lock(mu_);
-    if (hold_ == Hold::kFlip) {
+    if (hold_ == Hold::kFlip || hold_ == Hold::kBarrier) {
       co_return Reply{409, reply({{"error", quote("a phase change is in progress")}})};
     }
     if (hold_ == Hold::kPause) {
@@ -328,12 +330,28 @@ awaitable<PhaseController::Reply> PhaseController::pause(std::chrono::millisecon
   co_return Reply{200, reply({{"paused", "true"}, {"in_flight", "0"}})};
 }
 
+awaitable<void> PhaseController::waitOutBarrier() {
+  asio::steady_timer timer(co_await asio::this_coro::executor);
+  // Bounded by the barrier's own drain timeout; the deadline only guards
+  // against a barrier that never ends (the caller then answers 409).
+  const auto deadline = Clock::now() + 30s;
+  for (;;) {
+    {
+      std::lock_guard lock(mu_);
+      if (hold_ != Hold::kBarrier) co_return;
+    }
+    if (Clock::now() >= deadline) co_return;
+    timer.expires_after(1ms);
+    (void)co_await timer.async_wait(kUseAwaitable);
+  }
+}
+
 awaitable<bool> PhaseController::barrier(std::chrono::milliseconds drainTimeout,
                                          const std::function<awaitable<void>()>& atBarrier) {
   {
     std::lock_guard lock(mu_);
     if (hold_ != Hold::kNone) co_return false;
-    hold_ = Hold::kFlip;
+    hold_ = Hold::kBarrier;
     closed_.store(true);  // seq_cst: before the in-flight count is read
   }
   const auto t0 = Clock::now();
@@ -351,7 +369,7 @@ PhaseController::Reply PhaseController::resume() {
     if (hold_ == Hold::kFlip) {
       return Reply{409, reply({{"error", quote("a phase change is in progress")}})};
     }
-    if (hold_ == Hold::kNone) return Reply{200, reply({{"paused", "false"}})};
+    if (hold_ != Hold::kPause) return Reply{200, reply({{"paused", "false"}})};
   }
   openGate();
   spdlog::info("resumed: new transactions flow again");

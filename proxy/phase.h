@@ -118,7 +118,8 @@ class PhaseController {
   // nothing held already, closes the gate, waits up to `drainTimeout` for
   // in-flight transactions, runs `atBarrier` if they drained, reopens. False
   // when it did not run (held already, or not drained: tried again later).
-  // Others asking for a pause or a flip meanwhile get 409, as during a flip.
+  // A pause or a flip asked for meanwhile waits for it to end (it is bounded
+  // by `drainTimeout` and `atBarrier`): the operator never sees it.
   awaitable<bool> barrier(std::chrono::milliseconds drainTimeout,
                           const std::function<awaitable<void>()>& atBarrier);
   // Closes the gate and waits for in-flight transactions to finish. 200 when
@@ -137,7 +138,9 @@ class PhaseController {
   [[nodiscard]] Status status() const;
 
  private:
-  enum class Hold : std::uint8_t { kNone, kPause, kFlip };
+  enum class Hold : std::uint8_t { kNone, kPause, kFlip, kBarrier };
+  // Waits (polling) while an internal barrier holds the gate.
+  awaitable<void> waitOutBarrier();
   void openGate();
   // Polls the in-flight count until zero or the deadline; true when drained.
   awaitable<bool> drain(std::chrono::steady_clock::time_point deadline);

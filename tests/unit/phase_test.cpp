@@ -257,6 +257,41 @@ TEST_F(PhaseControllerTest, PauseThatCannotDrainReopens) {
   ctl_.end();
 }
 
+// An internal barrier (the async mirror's journal cut) is invisible to the
+// operator: a flip or a pause asked for while it holds the gate waits for it
+// to end, then runs (it answered 409 "another phase change" before).
+TEST_F(PhaseControllerTest, FlipAndPauseDuringABarrierWaitForIt) {
+  bool ran = false;
+  std::optional<PhaseController::Reply> flipped;
+  std::optional<PhaseController::Reply> paused;
+  const std::function<awaitable<void>()> atBarrier = [&]() -> awaitable<void> {
+    asio::steady_timer t(co_await asio::this_coro::executor);
+    t.expires_after(100ms);
+    co_await t.async_wait(kUseAwaitable);
+    ran = true;
+  };
+  asio::co_spawn(io_, ctl_.barrier(1s, atBarrier), asio::detached);
+  asio::co_spawn(
+      io_,
+      [&]() -> awaitable<void> {
+        asio::steady_timer t(co_await asio::this_coro::executor);
+        t.expires_after(20ms);  // the barrier holds the gate by now
+        co_await t.async_wait(kUseAwaitable);
+        EXPECT_TRUE(ctl_.gateClosed());
+        flipped = co_await ctl_.flip(P::kMirror, 1s, config::FlipOnTimeout::kAbandon, [] {});
+        EXPECT_TRUE(ran);
+        paused = co_await ctl_.pause(1s);
+      },
+      asio::detached);
+  io_.run();
+  ASSERT_TRUE(flipped && paused);
+  EXPECT_EQ(flipped->status, 200) << flipped->json;
+  EXPECT_EQ(ctl_.current(), P::kMirror);
+  EXPECT_EQ(paused->status, 200) << paused->json;
+  EXPECT_EQ(ctl_.resume().status, 200);
+  EXPECT_FALSE(ctl_.gateClosed());
+}
+
 // Many threads begin and end transactions while flips run back and forth: no
 // transaction ever straddles a flip (its phase at begin equals the phase at
 // its end) and the count returns to zero.
