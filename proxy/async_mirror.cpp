@@ -261,15 +261,19 @@ awaitable<void> ProxyServer::asyncCutLoop() {
     }
     co_return;
   };
+  int putOff = 0;  // tries in a row that found transactions open
   while (!shuttingDown_) {
     timer.expires_after(std::chrono::milliseconds(500));
     error_code ec;
     co_await timer.async_wait(asio::redirect_error(kUseAwaitable, ec));
     if (shuttingDown_) break;
+    // A flip meanwhile replaced the journal (or ended it): the segment made
+    // for the old one is not used.
+    if (next && base != asyncJournal()) asyncDispose({std::exchange(next, nullptr)});
     const auto limit = runtime()->cfg.state.journalSegment;
-    if (!asyncJournal() || asyncJournal()->durableBytes() < limit) continue;
-    if (next && base != asyncJournal()) {
-      asyncDispose({std::exchange(next, nullptr)});
+    if (!asyncJournal() || asyncJournal()->durableBytes() < limit) {
+      putOff = 0;
+      continue;
     }
     if (!next) {
       try {
@@ -281,8 +285,20 @@ awaitable<void> ProxyServer::asyncCutLoop() {
       }
     }
     // A short hold: a long transaction just makes it wait for the next try.
-    const bool done = co_await phases_->barrier(std::chrono::milliseconds(200), cut);
-    if (!done) spdlog::debug("async mirror: journal cut put off (transactions open)");
+    // Under steady load the drain is given longer at each try (200 ms up to
+    // 1 s): a segment must end some time.
+    const auto drain = std::chrono::milliseconds(std::min(1000, 200 << std::min(putOff, 3)));
+    const bool done = co_await phases_->barrier(drain, cut);
+    if (done) {
+      putOff = 0;
+    } else if (++putOff == 10) {
+      spdlog::warn(
+          "async mirror: the journal ({} bytes) could not be cut for {} tries: transactions "
+          "stay open longer than {} ms",
+          asyncJournal() ? asyncJournal()->durableBytes() : 0, putOff, drain.count());
+    } else {
+      spdlog::debug("async mirror: journal cut put off (transactions open)");
+    }
     if (old) old->close();
     old.reset();
   }
