@@ -12,7 +12,9 @@
 # drift of the machine hits all targets alike) and the medians are printed.
 #
 # Env: BENCH_SECONDS (default 10), BENCH_REPEAT (default 3),
-#      BENCH_NO_BUILD=1 to skip `scripts/build.sh release`.
+#      BENCH_NO_BUILD=1 to skip `scripts/build.sh release`,
+#      BENCH_HOLD=1 to set everything up and wait (for perf or strace by hand),
+#      BENCH_BIN=path to measure another pghandoff executable.
 # Runs as root (PostgreSQL and PgBouncer then run as the `postgres` user) or
 # as a normal user.
 set -euo pipefail
@@ -25,7 +27,7 @@ TPCB_CLIENTS=8
 TARGETS=(direct pgbouncer pghandoff)
 PGBIN=/usr/lib/postgresql/15/bin
 PGBOUNCER=/usr/sbin/pgbouncer
-BIN="$PWD/build/release/cli/pghandoff"
+BIN="${BENCH_BIN:-$PWD/build/release/cli/pghandoff}"
 
 for n in DURATION REPEAT; do
   [[ "${!n}" =~ ^[1-9][0-9]*$ ]] || { echo "$n must be a positive integer" >&2; exit 2; }
@@ -201,6 +203,13 @@ for t in "${TARGETS[@]}"; do
   fi
 done
 echo "== direct :$sport   pgbouncer :$bport (pid $bouncer_pid)   pghandoff :$pport (pid $proxy_pid)" >&2
+if [ "${BENCH_HOLD:-0}" = 1 ]; then
+  # For profiling by hand (perf, strace): everything stays up until the
+  # script is interrupted; the password of the `app` user is in $work/app_pw.
+  (umask 077; echo "$app_pw" > "$work/app_pw")
+  echo "== holding (BENCH_HOLD=1): work dir $work; Ctrl-C or SIGTERM ends it" >&2
+  while :; do sleep 1; done
+fi
 
 # --- runs ---------------------------------------------------------------------
 mkdir -p "$work/results"
