@@ -107,11 +107,8 @@ void JournalReplay::abort() {
 }
 
 void JournalReplay::close() {
-  for (auto& [id, c] : conns_) {
-    if (c.server) c.server->stream().close();
-  }
+  abort();
   conns_.clear();
-  if (source_) source_->stream().close();
   source_.reset();
   if (fd_ >= 0) ::close(fd_);
   fd_ = -1;
