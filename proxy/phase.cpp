@@ -211,6 +211,7 @@ awaitable<PhaseController::Reply> PhaseController::flip(Phase to,
   const Phase from = current();
   {
     std::lock_guard lock(mu_);
+    --operatorWaiting_;
     if (hold_ != Hold::kNone) {
       std::string why = hold_ == Hold::kPause ? "the proxy is paused; POST /resume first"
                                               : "another phase change is in progress";
@@ -299,6 +300,7 @@ awaitable<PhaseController::Reply> PhaseController::pause(std::chrono::millisecon
   co_await waitOutBarrier();
   {
     std::lock_guard lock(mu_);
+    --operatorWaiting_;
     if (hold_ == Hold::kFlip || hold_ == Hold::kBarrier) {
       co_return Reply{409, reply({{"error", quote("a phase change is in progress")}})};
     }
@@ -332,6 +334,12 @@ awaitable<PhaseController::Reply> PhaseController::pause(std::chrono::millisecon
 
 awaitable<void> PhaseController::waitOutBarrier() {
   asio::steady_timer timer(co_await asio::this_coro::executor);
+  {
+    // No new barrier starts from here until the caller has taken its hold
+    // (it runs on another thread: it could slip in between).
+    std::lock_guard lock(mu_);
+    ++operatorWaiting_;
+  }
   // Bounded by the barrier's own drain timeout; the deadline only guards
   // against a barrier that never ends (the caller then answers 409).
   const auto deadline = Clock::now() + 30s;
@@ -350,7 +358,7 @@ awaitable<bool> PhaseController::barrier(std::chrono::milliseconds drainTimeout,
                                          const std::function<awaitable<void>()>& atBarrier) {
   {
     std::lock_guard lock(mu_);
-    if (hold_ != Hold::kNone) co_return false;
+    if (hold_ != Hold::kNone || operatorWaiting_ > 0) co_return false;
     hold_ = Hold::kBarrier;
     closed_.store(true);  // seq_cst: before the in-flight count is read
   }

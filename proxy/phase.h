@@ -117,7 +117,8 @@ class PhaseController {
   // A barrier that changes no phase (the async mirror's journal cut): with
   // nothing held already, closes the gate, waits up to `drainTimeout` for
   // in-flight transactions, runs `atBarrier` if they drained, reopens. False
-  // when it did not run (held already, or not drained: tried again later).
+  // when it did not run (held already, a flip or pause about to take the
+  // gate, or not drained: tried again later).
   // A pause or a flip asked for meanwhile waits for it to end (it is bounded
   // by `drainTimeout` and `atBarrier`): the operator never sees it.
   awaitable<bool> barrier(std::chrono::milliseconds drainTimeout,
@@ -139,7 +140,9 @@ class PhaseController {
 
  private:
   enum class Hold : std::uint8_t { kNone, kPause, kFlip, kBarrier };
-  // Waits (polling) while an internal barrier holds the gate.
+  // Waits (polling) while an internal barrier holds the gate, and keeps new
+  // ones from starting until the caller, under mu_, takes its own hold and
+  // decrements operatorWaiting_.
   awaitable<void> waitOutBarrier();
   void openGate();
   // Polls the in-flight count until zero or the deadline; true when drained.
@@ -152,6 +155,7 @@ class PhaseController {
 
   mutable std::mutex mu_;  // guards everything below
   Hold hold_ = Hold::kNone;
+  int operatorWaiting_ = 0;  // flips and pauses between waitOutBarrier and their hold
   std::vector<std::weak_ptr<asio::steady_timer>> waiters_;
   std::string lastFlip_ = "null";  // JSON
 };

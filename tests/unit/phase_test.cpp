@@ -264,13 +264,23 @@ TEST_F(PhaseControllerTest, FlipAndPauseDuringABarrierWaitForIt) {
   bool ran = false;
   std::optional<PhaseController::Reply> flipped;
   std::optional<PhaseController::Reply> paused;
+  std::optional<bool> secondBarrier;
+  const std::function<awaitable<void>()> nothing = []() -> awaitable<void> { co_return; };
   const std::function<awaitable<void>()> atBarrier = [&]() -> awaitable<void> {
     asio::steady_timer t(co_await asio::this_coro::executor);
     t.expires_after(100ms);
     co_await t.async_wait(kUseAwaitable);
     ran = true;
   };
-  asio::co_spawn(io_, ctl_.barrier(1s, atBarrier), asio::detached);
+  asio::co_spawn(
+      io_,
+      [&]() -> awaitable<void> {
+        (void)co_await ctl_.barrier(1s, atBarrier);
+        // Another barrier asked for the moment this one ends, before the
+        // waiting flip wakes: the flip goes first.
+        secondBarrier = co_await ctl_.barrier(1s, nothing);
+      },
+      asio::detached);
   asio::co_spawn(
       io_,
       [&]() -> awaitable<void> {
@@ -284,7 +294,8 @@ TEST_F(PhaseControllerTest, FlipAndPauseDuringABarrierWaitForIt) {
       },
       asio::detached);
   io_.run();
-  ASSERT_TRUE(flipped && paused);
+  ASSERT_TRUE(flipped && paused && secondBarrier);
+  EXPECT_FALSE(*secondBarrier);
   EXPECT_EQ(flipped->status, 200) << flipped->json;
   EXPECT_EQ(ctl_.current(), P::kMirror);
   EXPECT_EQ(paused->status, 200) << paused->json;
