@@ -5,6 +5,13 @@
 #include <boost/asio/experimental/awaitable_operators.hpp>
 #include <boost/asio/ssl.hpp>
 
+// Every translation unit must see the same reactor: the one with pghandoff's
+// short-read patch (cmake/AsioShortReadPatch.cmake, third_party/boost-asio).
+#if defined(__linux__) && !defined(PGHANDOFF_ASIO_SHORT_READ_PATCH)
+#error \
+    "Boost.Asio without pghandoff's short-read patch: build through CMake (include(AsioShortReadPatch))"
+#endif
+
 namespace pghandoff::proxy {
 
 namespace asio = boost::asio;

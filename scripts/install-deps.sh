@@ -6,7 +6,7 @@ cd "$(dirname "$0")/.."
 
 PACKAGES=(
   # build
-  g++ cmake ninja-build pkg-config
+  g++ cmake ninja-build pkg-config patch
   libboost1.81-dev libssl-dev libpq-dev libspdlog-dev libyaml-cpp-dev libpg-query-dev
   libprotobuf-c-dev  # header only: pg_query.pb-c.h needs it; the runtime is in libpg_query
   libgtest-dev libgmock-dev
