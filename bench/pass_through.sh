@@ -309,6 +309,19 @@ for label in labels:
 w = [max(len(r[i]) for r in out) for i in range(len(cols))]
 for r in out:
     print("  ".join(r[i].rjust(w[i]) for i in range(len(cols))))
+
+# Paired by round: PgBouncer and pghandoff ran back to back in each round, so
+# their ratio within a round is less exposed to the machine's drift than the
+# ratio of the medians.
+def tps(target, label):
+    return [float(l.split()[0]) for l in open(f"{d}/{target}.{label}") if l.strip()]
+print()
+print("pghandoff/pgbouncer TPS per round (paired): min  median  max  rounds >= 1")
+for label in labels:
+    r = sorted(h / b for h, b in zip(tps("pghandoff", label), tps("pgbouncer", label)))
+    name = f"{label[4:]} tpcb" if label.startswith("tpcb") else label
+    print(f"{name:>7}  {r[0]:.2f}  {statistics.median(r):.2f}  {r[-1]:.2f}  "
+          f"{sum(x >= 1 for x in r)}/{len(r)}")
 PY
 echo "(rows 1/8/32: pgbench -S -M extended, select-only; '8 tpcb': TPC-B-like -M prepared, 8 clients)"
 echo
