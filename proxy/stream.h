@@ -3,6 +3,7 @@
 #pragma once
 
 #include <memory>
+#include <tuple>
 
 #include "proxy/asio.h"
 
@@ -22,13 +23,23 @@ class Stream {
     if (tls_) return stream_.async_read_some(b, kUseAwaitable);
     return stream_.next_layer().async_read_some(b, kUseAwaitable);
   }
-  // Asio's write already tries the send at once and only waits on EAGAIN; a
-  // hand-made non-blocking send first was measured (bench/README.md) to save
-  // nothing.
-  template <typename Buffers>
-  auto writeAll(const Buffers& b) {
-    if (tls_) return asio::async_write(stream_, b, kUseAwaitable);
-    return asio::async_write(stream_.next_layer(), b, kUseAwaitable);
+  // Writes all of `b`. On plain TCP a write that fits the socket's buffer
+  // (nearly every one) is a single send() that returns at once, without the
+  // round through Asio's scheduler an async_write takes even when its first
+  // try succeeds; only the rest of a partial send waits for the socket.
+  awaitable<std::tuple<error_code, std::size_t>> writeAll(asio::const_buffer b) {
+    if (tls_) co_return co_await asio::async_write(stream_, b, kUseAwaitable);
+    tcp::socket& s = stream_.next_layer();
+    error_code ec;
+    if (!s.non_blocking()) s.non_blocking(true, ec);
+    std::size_t sent = ec ? 0 : s.send(b, 0, ec);
+    if (!ec && sent == b.size()) co_return std::tuple{ec, sent};
+    if (ec && ec != asio::error::would_block && ec != asio::error::try_again) {
+      co_return std::tuple{ec, sent};
+    }
+    b += sent;
+    auto [wec, n] = co_await asio::async_write(s, b, kUseAwaitable);
+    co_return std::tuple{wec, sent + n};
   }
 
   void close() {
