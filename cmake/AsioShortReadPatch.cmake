@@ -18,14 +18,18 @@ set(_files
     boost/asio/detail/impl/epoll_reactor.ipp
     boost/asio/detail/reactive_socket_recv_op.hpp)
 
-file(REMOVE_RECURSE ${_out})
+# Patched in a staging directory, then copied over only where the result
+# differs: a re-run of the configure step (scripts/build.sh runs one every
+# time) must not touch the headers' timestamps and rebuild every Asio user.
+set(_stage ${PROJECT_BINARY_DIR}/asio-patched.stage)
+file(REMOVE_RECURSE ${_stage})
 foreach(f ${_files})
   get_filename_component(dir ${f} DIRECTORY)
-  file(COPY ${PGHANDOFF_ASIO_INCLUDE_DIR}/${f} DESTINATION ${_out}/${dir})
+  file(COPY ${PGHANDOFF_ASIO_INCLUDE_DIR}/${f} DESTINATION ${_stage}/${dir})
 endforeach()
 execute_process(
   COMMAND ${PGHANDOFF_PATCH_EXECUTABLE} -p1 --forward --batch --silent -i ${_patch}
-  WORKING_DIRECTORY ${_out}
+  WORKING_DIRECTORY ${_stage}
   RESULT_VARIABLE _rc
   OUTPUT_VARIABLE _log
   ERROR_VARIABLE _log)
@@ -34,6 +38,12 @@ if(NOT _rc EQUAL 0)
                       "Asio headers in ${PGHANDOFF_ASIO_INCLUDE_DIR} (Boost ${Boost_VERSION}; "
                       "the patch is written for 1.81):\n${_log}")
 endif()
+foreach(f ${_files})
+  get_filename_component(dir ${f} DIRECTORY)
+  file(MAKE_DIRECTORY ${_out}/${dir})
+  file(COPY_FILE ${_stage}/${f} ${_out}/${f} ONLY_IF_DIFFERENT)
+endforeach()
+file(REMOVE_RECURSE ${_stage})
 set_property(DIRECTORY APPEND PROPERTY CMAKE_CONFIGURE_DEPENDS ${_patch})
 foreach(f ${_files})
   set_property(DIRECTORY APPEND PROPERTY CMAKE_CONFIGURE_DEPENDS ${PGHANDOFF_ASIO_INCLUDE_DIR}/${f})
