@@ -6,7 +6,6 @@
 // that came with the data raises no later edge, a peek leaves the data where
 // it was, a full read leaves more behind. Each fails (times out) if the patch
 // marks a socket drained when it is not.
-#include <fcntl.h>
 #include <gtest/gtest.h>
 #include <netinet/in.h>
 #include <sys/socket.h>
