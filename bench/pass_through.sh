@@ -290,11 +290,11 @@ labels=("${CLIENT_COUNTS[@]}" "tpcb$TPCB_CLIENTS")
 python3 - "$work/results" "${labels[@]}" <<'PY'
 import statistics, sys
 d, labels = sys.argv[1], sys.argv[2:]
+def rows(target, label):  # one per round, in round order: tps latency cpu cs
+    return [[float(x) for x in l.split()] for l in open(f"{d}/{target}.{label}") if l.strip()]
 def med(target, label):
-    rows = [l.split() for l in open(f"{d}/{target}.{label}") if l.strip()]
-    return (statistics.median(float(r[0]) for r in rows),
-            statistics.median(float(r[1]) for r in rows),
-            statistics.median(float(r[2]) for r in rows))
+    rs = rows(target, label)
+    return tuple(statistics.median(r[i] for r in rs) for i in range(3))
 cols = ["clients", "direct_tps", "pgbouncer_tps", "pghandoff_tps", "pghandoff/direct",
         "pghandoff/pgbouncer", "direct_lat_ms", "pgbouncer_lat_ms", "pghandoff_lat_ms",
         "added_lat_pgbouncer_ms", "added_lat_pghandoff_ms", "pgbouncer_cpu_us/tx",
@@ -313,12 +313,10 @@ for r in out:
 # Paired by round: PgBouncer and pghandoff ran back to back in each round, so
 # their ratio within a round is less exposed to the machine's drift than the
 # ratio of the medians.
-def tps(target, label):
-    return [float(l.split()[0]) for l in open(f"{d}/{target}.{label}") if l.strip()]
 print()
 print("pghandoff/pgbouncer TPS per round (paired): min  median  max  rounds >= 1")
 for label in labels:
-    r = sorted(h / b for h, b in zip(tps("pghandoff", label), tps("pgbouncer", label)))
+    r = sorted(h[0] / b[0] for h, b in zip(rows("pghandoff", label), rows("pgbouncer", label)))
     name = f"{label[4:]} tpcb" if label.startswith("tpcb") else label
     print(f"{name:>7}  {r[0]:.2f}  {statistics.median(r):.2f}  {r[-1]:.2f}  "
           f"{sum(x >= 1 for x in r)}/{len(r)}")
