@@ -493,6 +493,7 @@ struct AdminServer::State {
         res.set(http::field::content_type, "text/plain; version=0.0.4; charset=utf-8");
         res.set(http::field::cache_control, "no-store");
         res.keep_alive(req.keep_alive());
+        if (hooks.refreshGauges) hooks.refreshGauges();
         res.body() = renderMetrics();
         res.prepare_payload();
         return res;

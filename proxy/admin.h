@@ -49,6 +49,10 @@ struct AdminHooks {
                                                    std::optional<std::chrono::milliseconds>)>
       seed;
   std::function<std::string()> seedJson;  // GET /seed: the seed's progress
+  // Before GET /metrics renders: sets the gauges that are computed rather
+  // than counted (the async mirror's lag and queue), so a scrape right after
+  // a write sees it, not the value of the last periodic update.
+  std::function<void()> refreshGauges;
 };
 
 struct AdminOptions {

@@ -156,6 +156,10 @@ class ProxyServer {
   [[nodiscard]] bool asyncCaughtUp() const;
   [[nodiscard]] double asyncLagSeconds() const;
   [[nodiscard]] std::uint64_t asyncQueue() const;
+  // mirror_lag_seconds, mirror_queue_transactions and (unless a seed's
+  // journal owns it) journal_bytes from the async mirror's state now: by
+  // asyncMetricsLoop, and by the admin server before it renders /metrics.
+  void asyncRefreshGauges();
   std::string runtimeConfigDir_;  // state.dir (fixed for the process)
 
   // Declaration order is destruction order reversed, and it matters: the
