@@ -682,8 +682,18 @@ void ClientSession::onReadyForMetrics() {
 }
 
 protocol::StatementKind ClientSession::classify(std::string_view sql) {
+  return classification(sql).kind;
+}
+
+const protocol::Classification& ClientSession::classification(std::string_view sql) {
+  // Memoize short texts only: comparing a long one costs what the shared
+  // cache's hash does, and keeping a copy of it would pin its memory.
+  constexpr std::size_t kMemoBytes = 4096;
+  if (scratchValid_ && sql == scratchSql_) return scratch_;
   registry_.classifier().get(sql, scratch_);
-  return scratch_.kind;
+  scratchValid_ = sql.size() <= kMemoBytes;
+  if (scratchValid_) scratchSql_.assign(sql);
+  return scratch_;
 }
 
 namespace {
@@ -706,11 +716,11 @@ void ClientSession::trackStatement(char type, protocol::Bytes body, bool whole) 
       break;
     case 'P':
       if (auto p = protocol::decodeParseBody(body)) {
-        (void)classify(p->query);
-        statements_.onParse(p->statement, StatementTracker::infoOf(scratch_));
+        const protocol::Classification& c = classification(p->query);
+        statements_.onParse(p->statement, StatementTracker::infoOf(c));
         // Named statements (and any with per-server values) are remembered:
         // a mirroring phase may run them later and must know their text.
-        if ((scratch_.hasNondeterministic || !p->statement.empty()) && whole) {
+        if ((c.hasNondeterministic || !p->statement.empty()) && whole) {
           statements_.rememberParse(p->statement, body);
         }
       }

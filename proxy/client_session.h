@@ -368,6 +368,10 @@ class ClientSession : public std::enable_shared_from_this<ClientSession> {
   // protocol statement/portal map.
   void trackStatement(char type, protocol::Bytes body, bool whole);
   [[nodiscard]] protocol::StatementKind classify(std::string_view sql);
+  // The statement's classification, from a one-entry memo of this session
+  // (an application sends the same few statements over and over) or else
+  // from the shared cache, whose shard lock both workers would take.
+  const protocol::Classification& classification(std::string_view sql);
   void onReadyForMetrics();
 
   std::shared_ptr<const Runtime> rt_;
@@ -386,6 +390,8 @@ class ClientSession : public std::enable_shared_from_this<ClientSession> {
   SessionMachine machine_;
   StatementTracker statements_;
   protocol::Classification scratch_;  // reused: a cache hit allocates nothing
+  std::string scratchSql_;            // the text scratch_ classifies
+  bool scratchValid_ = false;
 
   std::string user_;
   std::string database_;

@@ -307,12 +307,12 @@ awaitable<bool> ClientSession::mirrorQuery(protocol::Bytes frame) {
   Unit u;
   u.bytes = frame;
   u.sql = text ? *text : std::string_view{};
-  registry_.classifier().get(u.sql, scratch_);
-  u.info = StatementTracker::infoOf(scratch_);
-  u.txControl = scratch_.txControl != TxControl::kNone;
-  u.single = scratch_.statements.size() == 1;
+  const protocol::Classification& c = classification(u.sql);
+  u.info = StatementTracker::infoOf(c);
+  u.txControl = c.txControl != TxControl::kNone;
+  u.single = c.statements.size() == 1;
   u.executes = true;
-  u.count = std::max<std::size_t>(1, scratch_.statements.size());
+  u.count = std::max<std::size_t>(1, c.statements.size());
   u.isQuery = true;
   co_return co_await runUnit(u);
 }
@@ -331,8 +331,7 @@ awaitable<bool> ClientSession::mirrorExtended(bool ready) {
     switch (f.type) {
       case 'P': {
         if (auto pm = protocol::decodeParseBody(body)) {
-          registry_.classifier().get(pm->query, scratch_);
-          statements_.onParse(pm->statement, StatementTracker::infoOf(scratch_));
+          statements_.onParse(pm->statement, StatementTracker::infoOf(classification(pm->query)));
           statements_.rememberParse(pm->statement, body);
           if (u.sql.empty()) u.sql = pm->query;
         }
