@@ -757,7 +757,12 @@ awaitable<void> ClientSession::clientToServer() {
     if (!inTransaction_ && !cbuf_.midMessage()) {
       auto h = protocol::parseFrontendHeader(cbuf_.unscanned(), maxLen);
       if (h.status == protocol::FrameStatus::kOk && h.type != 'X') {
-        if (!co_await beginTransaction()) co_return;
+        // The gate is nearly always open: only a held transaction needs the
+        // coroutine.
+        if (!tryBeginTransaction()) {
+          bool begun = co_await beginTransaction();
+          if (!begun) co_return;
+        }
         if (!modeFits(txPhase_)) {
           handover_ = true;
           error_code ignored;
@@ -806,9 +811,15 @@ awaitable<void> ClientSession::clientToServer() {
     }
     if (cbuf_.hasReady()) {
       auto bytes = cbuf_.ready().size();
-      up.writing = true;
-      auto [ec, n] = co_await server.writeAll(cbuf_.ready());
-      up.writing = false;
+      // Nearly always one send() takes it all: no coroutine frame for that.
+      error_code ec;
+      const std::size_t sent = server.trySend(cbuf_.ready(), ec);
+      if (!ec && sent < bytes) {
+        up.writing = true;
+        auto [wec, n] = co_await server.writeRest(cbuf_.ready(), sent);
+        up.writing = false;
+        ec = wec;
+      }
       if (ec) {
         // The server is gone; serverToClient tells the client.
         co_return;
@@ -837,13 +848,17 @@ awaitable<void> ClientSession::clientToServer() {
   }
 }
 
+bool ClientSession::tryBeginTransaction() {
+  auto phase = phases_.tryBegin();
+  if (!phase) return false;
+  inTransaction_ = true;
+  txPhase_ = *phase;
+  return true;
+}
+
 awaitable<bool> ClientSession::beginTransaction() {
   while (true) {
-    if (auto phase = phases_.tryBegin()) {
-      inTransaction_ = true;
-      txPhase_ = *phase;
-      co_return true;
-    }
+    if (tryBeginTransaction()) co_return true;
     // A flip or a pause holds new transactions: the client sees a pause.
     if (!holdTimer_) holdTimer_ = std::make_shared<asio::steady_timer>(ex_);
     spdlog::debug("session {}: held at the phase barrier", id_);
@@ -944,9 +959,14 @@ awaitable<void> ClientSession::serverToClient() {
     }
     if (sbuf.hasReady()) {
       auto bytes = sbuf.ready().size();
-      clientWriting_ = true;
-      auto [ec, n] = co_await client_.writeAll(sbuf.ready());
-      clientWriting_ = false;
+      error_code ec;
+      const std::size_t sent = client_.trySend(sbuf.ready(), ec);
+      if (!ec && sent < bytes) {
+        clientWriting_ = true;
+        auto [wec, n] = co_await client_.writeRest(sbuf.ready(), sent);
+        clientWriting_ = false;
+        ec = wec;
+      }
       if (ec) {
         if (!closing_) {
           closing_ = true;

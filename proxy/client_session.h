@@ -351,6 +351,8 @@ class ClientSession : public std::enable_shared_from_this<ClientSession> {
   // waits while a flip or a pause holds new transactions. False when the
   // session is ending instead.
   awaitable<bool> beginTransaction();
+  // beginTransaction's step when the gate is open, without a coroutine.
+  bool tryBeginTransaction();
   void endTransaction();
 
   // Errors to the client: prepared by plain functions, sent by a coroutine
