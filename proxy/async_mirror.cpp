@@ -226,20 +226,22 @@ awaitable<void> ProxyServer::asyncApplyLoop(std::uint64_t generation) {
   --async_.loops;
 }
 
-void ProxyServer::asyncRefreshGauges() {
+void ProxyServer::refreshGauges() {
   metrics().mirrorLagSeconds().set(asyncLagSeconds());
   metrics().mirrorQueueTransactions().set(static_cast<std::int64_t>(asyncQueue()));
-  if (!seed_.journal) {
-    std::uint64_t bytes = 0;
+  std::uint64_t bytes = 0;
+  if (seed_.journal) {
+    bytes = seed_.journal->durableBytes();
+  } else {
     for (const auto& seg : async_.segments) bytes += seg.journal->durableBytes();
-    metrics().journalBytes().set(static_cast<std::int64_t>(bytes));
   }
+  metrics().journalBytes().set(static_cast<std::int64_t>(bytes));
 }
 
 awaitable<void> ProxyServer::asyncMetricsLoop() {
   asio::steady_timer timer(mainIo_);
   while (!shuttingDown_) {
-    asyncRefreshGauges();
+    refreshGauges();
     timer.expires_after(std::chrono::milliseconds(200));
     error_code ec;
     co_await timer.async_wait(asio::redirect_error(kUseAwaitable, ec));

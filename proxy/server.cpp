@@ -79,7 +79,7 @@ ProxyServer::ProxyServer(config::Config cfg, std::string configPath)
       return seedAction(std::move(action), drain);
     };
     hooks.seedJson = [this] { return seedJson(); };
-    hooks.refreshGauges = [this] { asyncRefreshGauges(); };
+    hooks.refreshGauges = [this] { refreshGauges(); };
     admin_ = std::make_unique<AdminServer>(mainIo_, cfg.admin.listen->host, cfg.admin.listen->port,
                                            cfg.admin.token, std::move(hooks));
   }

@@ -156,10 +156,11 @@ class ProxyServer {
   [[nodiscard]] bool asyncCaughtUp() const;
   [[nodiscard]] double asyncLagSeconds() const;
   [[nodiscard]] std::uint64_t asyncQueue() const;
-  // mirror_lag_seconds, mirror_queue_transactions and (unless a seed's
-  // journal owns it) journal_bytes from the async mirror's state now: by
+  // The gauges computed from state rather than counted: mirror_lag_seconds,
+  // mirror_queue_transactions (the async mirror) and journal_bytes (the
+  // seed's journal, else the async mirror's segments), as they are now. By
   // asyncMetricsLoop, and by the admin server before it renders /metrics.
-  void asyncRefreshGauges();
+  void refreshGauges();
   std::string runtimeConfigDir_;  // state.dir (fixed for the process)
 
   // Declaration order is destruction order reversed, and it matters: the
